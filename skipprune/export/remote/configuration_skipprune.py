@@ -1,0 +1,45 @@
+"""Configuration of a model whose attention and/or MLP sublayers were physically removed by skipprune.
+
+`text_config` is the stock configuration (llama, qwen2, gemma2, ...) of the kept decoder blocks, renumbered
+0..n-1 with per-layer lists such as `layer_types` sliced to match. The per-layer flags say which of those
+blocks still have attention and an MLP, and which source layer each one came from. The config has its own
+`model_type` so that loading without `trust_remote_code=True` fails instead of silently building the stock
+model with random weights where tensors were removed.
+"""
+
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+class SkipPruneConfig(PreTrainedConfig):
+    model_type = "skipprune"
+    sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
+
+    text_config: dict | PreTrainedConfig | None = None
+    # One entry per output layer.
+    layer_has_attention: list[bool] | None = None
+    layer_has_mlp: list[bool] | None = None
+    source_layer_index: list[int] | None = None
+    source_num_hidden_layers: int | None = None
+    # Names of a decoder block's children owned by each sublayer: the compute module first, then the norms
+    # that only it uses. Removed children are replaced by parameter-free stubs.
+    attention_modules: list[str] | None = None
+    mlp_modules: list[str] | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        n = self.text_config.num_hidden_layers
+        self.layer_has_attention = list(self.layer_has_attention or [True] * n)
+        self.layer_has_mlp = list(self.layer_has_mlp or [True] * n)
+        if not len(self.layer_has_attention) == len(self.layer_has_mlp) == n:
+            raise ValueError(f"skipprune: per-layer flags must have {n} entries (text_config.num_hidden_layers)")
+        if self.source_layer_index is None:
+            self.source_layer_index = list(range(n))
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+        # transformers' caches put an empty DummyLayer where kv_sharing_modes says "reuse": layers without
+        # attention then hold no KV bytes, and length/mask lookups skip them.
+        self.text_config.kv_sharing_modes = [None if a else "reuse" for a in self.layer_has_attention]
+
+
+__all__ = ["SkipPruneConfig"]

@@ -1,0 +1,115 @@
+"""A causal LM whose attention and/or MLP sublayers were physically removed by skipprune.
+
+The decoder is the stock transformers implementation of the source family (llama, mistral, qwen2, qwen3,
+phi3, gemma2, gemma3_text, olmo2), built from `config.text_config`, so every kept block computes exactly
+what it computed before. In a block that lost a sublayer, that sublayer's module is replaced by a stub whose
+output is zero and its norms by identities: the block then adds nothing for it to the residual stream,
+which is precisely "sublayer bypassed" (a post-norm of zero is zero too). The stubs hold no weights and no
+KV cache. Blocks that lost both sublayers are not here at all.
+
+Needs only torch and transformers (>= 5.23, < 6).
+"""
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import __version__ as transformers_version
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_skipprune import SkipPruneConfig
+
+_SUPPORTED = ((5, 23), (6, 0))
+if not _SUPPORTED[0] <= tuple(int(p) for p in transformers_version.split(".")[:2]) < _SUPPORTED[1]:
+    raise ImportError(
+        f"this skipprune model needs transformers >=5.23,<6 (found {transformers_version}): "
+        "pip install 'transformers>=5.23,<6'"
+    )
+
+
+class RemovedSublayer(nn.Module):
+    """Stands in for a deleted attention or MLP module: contributes zero, stores nothing."""
+
+    def __init__(self, returns_attention_weights: bool):
+        super().__init__()
+        self.returns_attention_weights = returns_attention_weights
+
+    def forward(self, hidden_states, *args, **kwargs):
+        zeros = torch.zeros_like(hidden_states)
+        return (zeros, None) if self.returns_attention_weights else zeros
+
+
+class SkipPrunePreTrainedModel(PreTrainedModel):
+    config_class = SkipPruneConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SkipPruneConfig):
+        super().__init__(config)
+        text = config.text_config
+        self.model = AutoModel.from_config(text)
+        for block, has_attention, has_mlp in zip(self.model.layers, config.layer_has_attention, config.layer_has_mlp):
+            if not has_attention:
+                _remove(block, config.attention_modules, returns_attention_weights=True)
+            if not has_mlp:
+                _remove(block, config.mlp_modules, returns_attention_weights=False)
+        self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.post_init()
+
+    def get_decoder(self):
+        return self.model
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        inputs_embeds=None,
+        labels=None,
+        use_cache=None,
+        logits_to_keep=0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(out.last_hidden_state[:, keep, :])
+        cap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        if cap is not None:  # gemma2 / gemma3 soft-cap their logits
+            logits = torch.tanh(logits / cap) * cap
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.text_config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+def _remove(block: nn.Module, names: list, returns_attention_weights: bool) -> None:
+    compute, *norms = names
+    setattr(block, compute, RemovedSublayer(returns_attention_weights))
+    for norm in norms:
+        setattr(block, norm, nn.Identity())
+
+
+__all__ = ["SkipPruneForCausalLM", "SkipPrunePreTrainedModel"]

@@ -1,0 +1,158 @@
+"""Write tensors into sharded safetensors files without materialising a model.
+
+Tensors whose dtype is unchanged are copied byte for byte by the kernel (copy_file_range) straight from
+the source shard at their header offset: no Python buffer, no torch tensor. A dtype change converts one
+tensor at a time. Shards are cut by a byte budget and named as transformers names them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import OutputError
+from .source import DTYPE_SIZES, TensorInfo, read_bytes
+
+_TORCH_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+_FLOATS = {"F32", "F16", "BF16"}
+INDEX_NAME = "model.safetensors.index.json"
+
+
+@dataclass(frozen=True)
+class OutTensor:
+    name: str
+    source: TensorInfo
+    dtype: str  # safetensors dtype in the output
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.shape
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * DTYPE_SIZES[self.dtype]
+
+
+def output_dtype(source_dtype: str, requested: str) -> str:
+    """'auto' keeps the source dtype; a float dtype converts float tensors only."""
+    if requested == "auto" or source_dtype not in _FLOATS:
+        return source_dtype
+    return _TORCH_DTYPES[requested]
+
+
+def parse_size(text: str | int) -> int:
+    """'5GB', '500MB', '2GiB' or a number of bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+    s = text.strip().upper().replace(" ", "")
+    num = s.rstrip("KMGTIB")
+    unit = s[len(num):]
+    try:
+        value = float(num) * units[unit]
+    except (ValueError, KeyError):
+        raise OutputError(f"bad size {text!r}: write it like 5GB, 500MB or 2GiB") from None
+    if value < 1:
+        raise OutputError(f"bad size {text!r}: a shard needs at least 1 byte")
+    return int(value)
+
+
+def split_shards(tensors: list[OutTensor], max_bytes: int) -> list[list[OutTensor]]:
+    """Greedy in order; a tensor larger than the budget gets a shard of its own (as transformers does)."""
+    shards: list[list[OutTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if shards[-1] and size + t.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(t)
+        size += t.nbytes
+    return shards
+
+
+def shard_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
+
+
+def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int) -> dict[str, str]:
+    """Write all shards (and the index when there are several); returns the weight map name -> file."""
+    shards = split_shards(tensors, max_bytes)
+    names = shard_names(len(shards))
+    weight_map: dict[str, str] = {}
+    fds: dict[Path, int] = {}
+    try:
+        for name, shard in zip(names, shards):
+            _write_one(folder / name, shard, fds)
+            weight_map.update({t.name: name for t in shard})
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OutputError(f"disk full while writing {folder.parent}: free some space and run again") from None
+        raise OutputError(f"cannot write {folder}: {e.strerror or e}") from None
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
+        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return weight_map
+
+
+def header_bytes(tensors: list[OutTensor]) -> bytes:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for t in tensors:
+        header[t.name] = {"dtype": t.dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+    return struct.pack("<Q", len(raw)) + raw
+
+
+def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int]) -> None:
+    head = header_bytes(tensors)
+    with open(path, "wb") as out:
+        out.write(head)
+        out.flush()
+        dst = out.fileno()
+        pos = len(head)
+        for t in tensors:
+            if t.dtype == t.source.dtype:
+                if t.source.file not in fds:
+                    fds[t.source.file] = os.open(t.source.file, os.O_RDONLY)
+                _copy_range(fds[t.source.file], t.source.start, dst, pos, t.nbytes)
+            else:
+                os.pwrite(dst, _convert(t), pos)
+            pos += t.nbytes
+        os.ftruncate(dst, pos)
+
+
+def _copy_range(src: int, src_pos: int, dst: int, dst_pos: int, count: int) -> None:
+    while count:
+        try:
+            n = os.copy_file_range(src, dst, min(count, 1 << 30), src_pos, dst_pos)
+        except (AttributeError, OSError) as e:  # no copy_file_range here (or across these filesystems)
+            if isinstance(e, OSError) and e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            n = os.pwrite(dst, os.pread(src, min(count, 64 << 20), src_pos), dst_pos)
+        if n == 0:
+            raise OSError(errno.EIO, "source shard ended early")
+        count -= n
+        src_pos += n
+        dst_pos += n
+
+
+def _convert(t: OutTensor) -> bytes:
+    import torch
+
+    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+    data = bytearray(read_bytes(t.source))
+    tensor = torch.frombuffer(data, dtype=dtypes[t.source.dtype]) if data else torch.empty(0, dtype=dtypes[t.source.dtype])
+    return tensor.to(dtypes[t.dtype]).view(torch.uint8).numpy().tobytes()

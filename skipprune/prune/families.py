@@ -1,0 +1,50 @@
+"""Which parts of a decoder block belong to attention and which to the MLP, per model family (data only).
+
+Each sublayer lists the block's children it owns: its compute module first, then the norms only it uses.
+Removing a sublayer removes all of them. Pre-norm families own the norm in front of the sublayer; gemma2/3
+and olmo2 also own a post-norm on its output (RMSNorm of zero is zero, so skipping it is exact).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import SourceError
+
+
+@dataclass(frozen=True)
+class Family:
+    model_type: str
+    attention: tuple[str, ...]
+    mlp: tuple[str, ...]
+    layers_prefix: str = "model.layers."
+
+
+_PRE_NORM = dict(attention=("self_attn", "input_layernorm"), mlp=("mlp", "post_attention_layernorm"))
+_SANDWICH = dict(
+    attention=("self_attn", "input_layernorm", "post_attention_layernorm"),
+    mlp=("mlp", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("llama", **_PRE_NORM),
+        Family("mistral", **_PRE_NORM),
+        Family("qwen2", **_PRE_NORM),
+        Family("qwen3", **_PRE_NORM),  # q_norm / k_norm live inside self_attn
+        Family("phi3", **_PRE_NORM),  # fused qkv_proj / gate_up_proj live inside self_attn / mlp
+        Family("gemma2", **_SANDWICH),
+        Family("gemma3_text", **_SANDWICH),
+        Family("olmo2", attention=("self_attn", "post_attention_layernorm"), mlp=("mlp", "post_feedforward_layernorm")),
+    )
+}
+
+
+def family_for(model_type: str | None) -> Family:
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise SourceError(
+            f"unsupported model family {model_type!r}: skipprune supports {', '.join(sorted(FAMILIES))}"
+        ) from None

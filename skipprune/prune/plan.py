@@ -1,0 +1,174 @@
+"""PrunePlan: which source layers lose their attention, their MLP, or both (then the whole block goes).
+
+Indices always name layers of the SOURCE model (0-based). The plan also knows the output numbering: kept
+blocks are renumbered 0..n-1 in source order. One plan value flows through export, the config, the
+provenance record and the model card.
+
+SPEC grammar (for --drop-attn / --drop-mlp / --drop-blocks):
+    last:N       the last N layers
+    last:P%      the last round(P% of the layers) layers, halves rounded up; at least 1 when P > 0
+    A-B,C,...    0-based indices and inclusive ranges, e.g. 20-31,5
+With keep_last_layer, a `last:` spec takes the layers just before the final one (the final layer is kept,
+as in Tyukin et al. 2024, section 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+from ..errors import PlanError
+
+_SPEC_HELP = "use last:N, last:P% or a list of 0-based indices and ranges such as 20-31,5"
+
+
+def parse_spec(spec: str, num_layers: int, keep_last_layer: bool = False) -> frozenset[int]:
+    """Turn a SPEC string into source layer indices, checking every index against num_layers."""
+    text = spec.strip().replace(" ", "")
+    if m := re.fullmatch(r"last:(\d+(?:\.\d+)?)(%?)", text):
+        value, percent = m.groups()
+        if percent:
+            share = float(value)
+            if share > 100:
+                raise PlanError(f"SPEC {spec!r} asks for more than 100% of the layers; {_SPEC_HELP}")
+            count = math.floor(num_layers * share / 100 + 0.5)
+            count = max(count, 1) if share > 0 else 0
+        elif "." in value:
+            raise PlanError(f"malformed SPEC {spec!r}: last:N takes a whole number; {_SPEC_HELP}")
+        else:
+            count = int(value)
+        end = num_layers - 1 if keep_last_layer else num_layers
+        if count > end:
+            room = f"{end} layers before the final one" if keep_last_layer else f"{num_layers} layers"
+            raise PlanError(f"SPEC {spec!r} selects {count} layers but the source has {room}")
+        return frozenset(range(end - count, end))
+    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
+        raise PlanError(f"malformed SPEC {spec!r}: {_SPEC_HELP}")
+    indices: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if a > b:
+            raise PlanError(f"malformed SPEC {spec!r}: range {part} runs backwards; write {b}-{a}")
+        if b >= num_layers:
+            raise PlanError(
+                f"layer {b} in SPEC {spec!r} is out of range: the source has {num_layers} layers (0-{num_layers - 1})"
+            )
+        indices.update(range(a, b + 1))
+    return frozenset(indices)
+
+
+def format_indices(indices) -> str:
+    """[1, 2, 3, 7] -> '1-3,7' (the SPEC list syntax, so it can be pasted back)."""
+    out, run = [], []
+    for i in sorted(indices):
+        if run and i != run[-1] + 1:
+            out.append(_run(run))
+            run = []
+        run.append(i)
+    if run:
+        out.append(_run(run))
+    return ",".join(out)
+
+
+def _run(run: list[int]) -> str:
+    return str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}"
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """One kept output layer."""
+
+    output: int
+    source: int
+    attention: bool
+    mlp: bool
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    num_layers: int
+    drop_attention: frozenset[int] = field(default_factory=frozenset)
+    drop_mlp: frozenset[int] = field(default_factory=frozenset)
+
+    def __post_init__(self):
+        object.__setattr__(self, "drop_attention", frozenset(self.drop_attention))
+        object.__setattr__(self, "drop_mlp", frozenset(self.drop_mlp))
+
+    @classmethod
+    def from_specs(
+        cls,
+        num_layers: int,
+        drop_attn: str | None = None,
+        drop_mlp: str | None = None,
+        drop_blocks: str | None = None,
+        keep_last_layer: bool = False,
+    ) -> PrunePlan:
+        def parse(spec):
+            return parse_spec(spec, num_layers, keep_last_layer) if spec else frozenset()
+
+        blocks = parse(drop_blocks)
+        return cls(num_layers, parse(drop_attn) | blocks, parse(drop_mlp) | blocks)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PrunePlan:
+        return cls(data["source_num_layers"], data["drop_attention"], data["drop_mlp"])
+
+    def to_dict(self) -> dict:
+        """Both numberings, for config.json provenance, the card, and from_dict."""
+        return {
+            "source_num_layers": self.num_layers,
+            "drop_attention": sorted(self.drop_attention),
+            "drop_mlp": sorted(self.drop_mlp),
+            "drop_blocks": self.dropped_blocks,
+            "layers": [vars(layer) for layer in self.layers],
+        }
+
+    @property
+    def dropped_blocks(self) -> list[int]:
+        return sorted(self.drop_attention & self.drop_mlp)
+
+    @property
+    def layers(self) -> list[LayerPlan]:
+        kept = [i for i in range(self.num_layers) if not (i in self.drop_attention and i in self.drop_mlp)]
+        return [LayerPlan(j, i, i not in self.drop_attention, i not in self.drop_mlp) for j, i in enumerate(kept)]
+
+    @property
+    def blocks_only(self) -> bool:
+        """True when every kept layer is whole: the output can use the stock architecture."""
+        return self.drop_attention == self.drop_mlp
+
+    def output_index(self, source: int) -> int | None:
+        return next((layer.output for layer in self.layers if layer.source == source), None)
+
+    def validate(self) -> PrunePlan:
+        if not self.drop_attention and not self.drop_mlp:
+            raise PlanError("empty plan: nothing to remove; pass --drop-attn, --drop-mlp or --drop-blocks")
+        bad = [i for i in self.drop_attention | self.drop_mlp if not 0 <= i < self.num_layers]
+        if bad:
+            raise PlanError(
+                f"layer {max(bad)} is out of range: the source has {self.num_layers} layers (0-{self.num_layers - 1})"
+            )
+        if len(self.dropped_blocks) == self.num_layers:
+            raise PlanError(f"the plan removes all {self.num_layers} blocks; keep at least one layer")
+        if not any(layer.attention for layer in self.layers):
+            raise PlanError(
+                "the plan removes attention from every layer, leaving a model that cannot read its context; "
+                "keep attention in at least one layer"
+            )
+        return self
+
+    def describe(self) -> str:
+        """One line per kind of removal, in source numbering."""
+        parts = []
+        attn_only = self.drop_attention - self.drop_mlp
+        mlp_only = self.drop_mlp - self.drop_attention
+        if self.dropped_blocks:
+            parts.append(f"blocks {format_indices(self.dropped_blocks)}")
+        if attn_only:
+            parts.append(f"attention of layers {format_indices(attn_only)}")
+        if mlp_only:
+            parts.append(f"MLP of layers {format_indices(mlp_only)}")
+        kept = len(self.layers)
+        return f"remove {'; '.join(parts) or 'nothing'} (source numbering; {kept} of {self.num_layers} layers kept)"
