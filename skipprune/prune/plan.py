@@ -8,6 +8,7 @@ SPEC grammar (for --drop-attn / --drop-mlp / --drop-blocks):
     last:N       the last N layers
     last:P%      the last round(P% of the layers) layers, halves rounded up; at least 1 when P > 0
     A-B,C,...    0-based indices and inclusive ranges, e.g. 20-31,5
+Items combine with commas: `last:2,5` is the last two layers and layer 5.
 With keep_last_layer, a `last:` spec takes the layers just before the final one (the final layer is kept,
 as in Tyukin et al. 2024, section 3.2).
 """
@@ -26,27 +27,15 @@ _SPEC_HELP = "use last:N, last:P% or a list of 0-based indices and ranges such a
 def parse_spec(spec: str, num_layers: int, keep_last_layer: bool = False) -> frozenset[int]:
     """Turn a SPEC string into source layer indices, checking every index against num_layers."""
     text = spec.strip().replace(" ", "")
-    if m := re.fullmatch(r"last:(\d+(?:\.\d+)?)(%?)", text):
-        value, percent = m.groups()
-        if percent:
-            share = float(value)
-            if share > 100:
-                raise PlanError(f"SPEC {spec!r} asks for more than 100% of the layers; {_SPEC_HELP}")
-            count = math.floor(num_layers * share / 100 + 0.5)
-            count = max(count, 1) if share > 0 else 0
-        elif "." in value:
-            raise PlanError(f"malformed SPEC {spec!r}: last:N takes a whole number; {_SPEC_HELP}")
-        else:
-            count = int(value)
-        end = num_layers - 1 if keep_last_layer else num_layers
-        if count > end:
-            room = f"{end} layers before the final one" if keep_last_layer else f"{num_layers} layers"
-            raise PlanError(f"SPEC {spec!r} selects {count} layers but the source has {room}")
-        return frozenset(range(end - count, end))
-    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", text):
-        raise PlanError(f"malformed SPEC {spec!r}: {_SPEC_HELP}")
+    if not text:
+        raise PlanError(f"empty SPEC: {_SPEC_HELP}")
     indices: set[int] = set()
     for part in text.split(","):
+        if part.startswith("last:"):
+            indices |= _last(part, spec, num_layers, keep_last_layer)
+            continue
+        if not re.fullmatch(r"\d+(-\d+)?", part):
+            raise PlanError(f"malformed SPEC {spec!r}: {_SPEC_HELP}")
         lo, _, hi = part.partition("-")
         a, b = int(lo), int(hi or lo)
         if a > b:
@@ -57,6 +46,26 @@ def parse_spec(spec: str, num_layers: int, keep_last_layer: bool = False) -> fro
             )
         indices.update(range(a, b + 1))
     return frozenset(indices)
+
+
+def _last(part: str, spec: str, num_layers: int, keep_last_layer: bool) -> frozenset[int]:
+    m = re.fullmatch(r"last:(\d+(?:\.\d+)?)(%?)", part)
+    if not m or (not m.group(2) and "." in m.group(1)):
+        raise PlanError(f"malformed SPEC {spec!r}: {_SPEC_HELP}")
+    value, percent = m.groups()
+    if percent:
+        share = float(value)
+        if share > 100:
+            raise PlanError(f"SPEC {spec!r} asks for more than 100% of the layers; {_SPEC_HELP}")
+        count = math.floor(num_layers * share / 100 + 0.5)
+        count = max(count, 1) if share > 0 else 0
+    else:
+        count = int(value)
+    end = num_layers - 1 if keep_last_layer else num_layers
+    if count > end:
+        room = f"{end} layers before the final one" if keep_last_layer else f"{num_layers} layers"
+        raise PlanError(f"SPEC {spec!r} selects {count} layers but the source has {room}")
+    return frozenset(range(end - count, end))
 
 
 def format_indices(indices) -> str:

@@ -12,7 +12,7 @@ Needs only torch and transformers (>= 5.23, < 6).
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import MODEL_MAPPING, GenerationMixin, PreTrainedModel
 from transformers import __version__ as transformers_version
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -43,10 +43,14 @@ class SkipPrunePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _skip_keys_device_placement = ["past_key_values"]
-    _supports_flash_attn = True
-    _supports_sdpa = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
+    # Which attention kernels work is the stock family's business: adopt its flags (gemma2 has no sdpa).
+    _ATTENTION_FLAGS = ("_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn", "_supports_attention_backend")
+
+    def __init__(self, config: SkipPruneConfig, *args, **kwargs):
+        self._stock_class = MODEL_MAPPING[type(config.text_config)]
+        for flag in self._ATTENTION_FLAGS:
+            setattr(self, flag, getattr(self._stock_class, flag, False))
+        super().__init__(config, *args, **kwargs)
 
 
 class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
@@ -55,7 +59,7 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
     def __init__(self, config: SkipPruneConfig):
         super().__init__(config)
         text = config.text_config
-        self.model = AutoModel.from_config(text)
+        self.model = self._stock_class(text)
         for block, has_attention, has_mlp in zip(self.model.layers, config.layer_has_attention, config.layer_has_mlp):
             if not has_attention:
                 _remove(block, config.attention_modules, returns_attention_weights=True)

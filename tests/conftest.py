@@ -1,0 +1,18 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from tiny import FAMILY_NAMES, make_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def family_sources(tmp_path_factory):
+    """One tiny fp32 checkpoint per family, built once per session; tests must never modify them."""
+    root = tmp_path_factory.mktemp("sources")
+    return {name: make_model(root / name, name) for name in FAMILY_NAMES}
