@@ -87,7 +87,7 @@ def export(
         checks = {"structure": verify.verify_structure(tmp, tensors)}
         log(f"structure verified: {checks['structure']['tensors']} tensors, kept bytes identical to the source")
         if _should_check_numerics(verify_numerics, src):
-            checks["numerics"] = verify.verify_numerics(tmp, src, plan, family)
+            checks["numerics"] = verify.verify_numerics(tmp, src, plan, family, dtype)
             log(f"logits verified: max |diff| {checks['numerics']['max_abs_logit_diff']:.3g} vs the bypassed source")
         else:
             checks["numerics"] = "skipped" if verify_numerics is False else "skipped: model too large for memory"

@@ -95,14 +95,7 @@ def _resolve(source: str, revision: str | None) -> tuple[Path, str | None]:
 
 def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
     from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=False)
@@ -113,14 +106,16 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
             raise SourceError(f"{repo_id}: the repository has no .safetensors weights")
         folder = snapshot_download(repo_id, revision=info.sha, allow_patterns=_HUB_FILES)
         return Path(folder), info.sha
+    except SourceError:
+        raise
     except RepositoryNotFoundError:
         raise SourceError(f"Hub model {repo_id} not found (or private: log in with `hf auth login`)") from None
     except GatedRepoError:
         raise SourceError(f"Hub model {repo_id} is gated: accept its terms on the Hub, then log in") from None
     except RevisionNotFoundError:
         raise SourceError(f"revision {revision!r} not found in {repo_id}; check --revision") from None
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, OSError, HfHubHTTPError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except Exception as e:  # offline mode, refused connection (httpx errors are not OSErrors), HTTP 5xx
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         raise SourceError(
             f"could not reach the Hub for {repo_id} ({reason}); check the network, or pass a local folder"
         ) from None

@@ -86,8 +86,12 @@ def _check_model_expects(folder: Path, names: set[str]) -> None:
         )
 
 
-def verify_numerics(folder: Path, source: Source, plan: PrunePlan, family: Family, tokens: int = 16) -> dict:
-    """Max |logit difference| between the export and the bypassed source, fp32, with a padded batch."""
+def verify_numerics(
+    folder: Path, source: Source, plan: PrunePlan, family: Family, dtype: str = "auto", tokens: int = 16
+) -> dict:
+    """Max |logit difference| between the export and the bypassed source, fp32, with a padded batch.
+
+    With a dtype conversion the reference is the source with its weights rounded to that dtype."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -99,6 +103,10 @@ def verify_numerics(folder: Path, source: Source, plan: PrunePlan, family: Famil
     mask = torch.ones_like(ids)
     mask[1, : tokens // 4] = 0  # left padding in the second row
     reference = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
+    if dtype != "auto":
+        with torch.no_grad():
+            for p in reference.parameters():
+                p.copy_(p.to(getattr(torch, dtype)))
     with torch.no_grad(), bypassed(reference, plan, family):
         want = reference(input_ids=ids, attention_mask=mask).logits
     del reference

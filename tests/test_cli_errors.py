@@ -1,0 +1,154 @@
+"""Bad input through the installed `skipprune` command: one line, exit != 0, no traceback, nothing left."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from skipprune.cli import main
+
+EXE = shutil.which("skipprune")
+
+
+def digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def run(*args, env=None, cwd=None):
+    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+def assert_clean_failure(proc, needle: str, out: Path | None = None):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert needle in lines[0], lines[0]
+    if out is not None:
+        assert not out.exists()
+        assert not list(out.parent.glob(f".{out.name}.skipprune-*"))
+
+
+@pytest.fixture
+def src(family_sources, tmp_path):
+    """A private copy of the llama source, so damaging it cannot affect other tests."""
+    return Path(shutil.copytree(family_sources["llama"], tmp_path / "src"))
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--drop-attn", "40"], "out of range"),
+        (["--drop-attn", "last:x"], "malformed SPEC"),
+        ([], "empty plan"),
+        (["--drop-blocks", "0-5"], "all 6 blocks"),
+        (["--drop-attn", "0-5"], "attention from every layer"),
+        (["--drop-attn", "1", "--max-shard-size", "lots"], "bad size"),
+    ],
+)
+def test_bad_plans(src, tmp_path, args, needle):
+    before = digest(src)
+    out = tmp_path / "out"
+    assert_clean_failure(run("export", src, out, *args), needle, out)
+    assert digest(src) == before
+
+
+def test_missing_path_and_no_config(tmp_path):
+    out = tmp_path / "out"
+    assert_clean_failure(run("export", tmp_path / "nope", out, "--drop-attn", "1"), "no such folder", out)
+    (tmp_path / "empty").mkdir()
+    assert_clean_failure(run("export", tmp_path / "empty", out, "--drop-attn", "1"), "no config.json", out)
+
+
+def test_unsupported_family(src, tmp_path):
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
+    assert_clean_failure(run("export", src, tmp_path / "out", "--drop-attn", "1"), "unsupported model family 'gpt2'")
+
+
+def test_output_exists_equals_or_contains_source(src, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    proc = run("export", src, tmp_path / "taken", "--drop-attn", "1")
+    assert_clean_failure(proc, "already exists")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+    before = digest(src)
+    assert_clean_failure(run("export", src, src, "--drop-attn", "1", "--overwrite"), "is the source folder")
+    assert_clean_failure(run("export", src, src / "sub", "--drop-attn", "1"), "inside it")
+    assert_clean_failure(run("export", src, tmp_path, "--drop-attn", "1", "--overwrite"), "contains the source")
+    assert digest(src) == before
+
+
+def test_truncated_and_corrupt_shards(src, tmp_path):
+    shard = src / "model.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    assert_clean_failure(run("export", src, tmp_path / "o", "--drop-attn", "1"), "truncated shard", tmp_path / "o")
+    shard.write_bytes(struct.pack("<Q", 40) + b"{not json" + b" " * 31 + data[48:])
+    assert_clean_failure(run("export", src, tmp_path / "o", "--drop-attn", "1"), "corrupt safetensors", tmp_path / "o")
+    shard.write_bytes(struct.pack("<Q", 10**12) + data[8:])
+    assert_clean_failure(run("export", src, tmp_path / "o", "--drop-attn", "1"), "corrupt safetensors", tmp_path / "o")
+
+
+def test_bin_only_is_refused_without_unpickling(src, tmp_path):
+    (src / "model.safetensors").unlink()
+    (src / "pytorch_model.bin").write_bytes(b"this would be a pickle; it must never be opened")
+    proc = run("export", src, tmp_path / "o", "--drop-attn", "1")
+    assert_clean_failure(proc, "only pickle", tmp_path / "o")
+    assert "safe_serialization=True" in proc.stderr
+
+
+def test_disk_full(src, tmp_path, monkeypatch):
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "copy_file_range", full)
+    monkeypatch.setattr(os, "pwrite", full)
+    res = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o"), "--drop-attn", "1"])
+    assert res.exit_code == 1 and res.exception.__class__ is SystemExit
+    assert "error: disk full" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.skipprune-*"))
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # every repo is missing
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepoNotFound")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "Repository not found"}')
+
+    def log_message(self, *args):
+        pass
+
+
+def test_hub_not_found_and_no_network(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1"}
+    try:
+        proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1",
+                   env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"})  # fmt: skip
+        assert_clean_failure(proc, "Hub model nobody/nothing not found", tmp_path / "o")
+    finally:
+        server.shutdown()
+    proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert_clean_failure(proc, "could not reach the Hub", tmp_path / "o")
+    proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert_clean_failure(proc, "could not reach the Hub", tmp_path / "o")
