@@ -72,5 +72,15 @@ def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, ma
     click.echo(output)
 
 
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False), default="skipprune-demo")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT even if it is not an earlier demo output.")
+def demo(output, overwrite):
+    """Run the whole job on the bundled demo model: export, measure, card, load back, generate."""
+    from .demo import run_demo
+
+    run_demo(output, overwrite=overwrite, log=click.echo)
+
+
 if __name__ == "__main__":
     main()

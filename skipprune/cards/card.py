@@ -1,77 +1,134 @@
-"""README.md model card of an export: what was removed, how it was checked, how to load it."""
+"""README.md model card of an export, rendered from the folder's own records: skipprune.json (what was
+removed, how it was verified) and, when measured, results.json (scores). A number that was not measured
+reads "not measured"."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from ..prune.plan import format_indices
+from ..prune.plan import PrunePlan, format_indices
 
-CITATION = (
-    "Tyukin et al., *Attention Is All You Need But You Don't Need All Of It For Inference of Large Language "
-    "Models* (2024), arXiv:2407.15516"
-)
+CITATIONS = [
+    "Tyukin, Dovonon, Kaddour, Minervini. *Attention Is All You Need But You Don't Need All Of It For Inference "
+    "of Large Language Models*. 2024. arXiv:2407.15516",
+    "Jaiswal, Hu, Yin, Wang, Ding, Wang. *FFN-SkipLLM: A Hidden Gem for Autoregressive Decoding with Adaptive "
+    "Feed Forward Skipping*. 2024. arXiv:2404.03865",
+]
+NOT_MEASURED = "not measured"
 
 
-def render_card(result, command: str | None = None) -> str:
-    plan, src = result.plan, result.source
-    tags = ["skipprune", "pruned"]
-    attn_only = plan.drop_attention - plan.drop_mlp
-    mlp_only = plan.drop_mlp - plan.drop_attention
-    tags += [t for t, on in (("attention-pruning", attn_only), ("mlp-pruning", mlp_only), ("block-pruning", plan.dropped_blocks)) if on]
-    meta = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", *[f"- {t}" for t in tags]]
-    if src.revision:  # a Hub source: link the base model
-        meta.append(f"base_model: {src.id}")
+def tags_for(plan: PrunePlan) -> list[str]:
+    kinds = (
+        ("attention-pruning", plan.drop_attention - plan.drop_mlp),
+        ("mlp-pruning", plan.drop_mlp - plan.drop_attention),
+        ("block-pruning", plan.dropped_blocks),
+    )
+    return ["skipprune", "pruned", *[tag for tag, layers in kinds if layers]]
+
+
+def render_card(record: dict, results: dict | None, name: str) -> str:
+    plan = PrunePlan.from_dict(record["plan"])
+    src = record["source"]
+    stock = record["architecture"] == "stock"
+    meta = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"]
+    meta += [f"- {t}" for t in tags_for(plan)]
+    if src.get("revision"):  # a Hub source: link the base model
+        meta.append(f"base_model: {src['id']}")
     meta.append("---")
+
     rows = ["| output layer | source layer | attention | MLP |", "|---:|---:|:---:|:---:|"]
-    rows += [f"| {lyr.output} | {lyr.source} | {'yes' if lyr.attention else '**removed**'} | {'yes' if lyr.mlp else '**removed**'} |" for lyr in plan.layers]
+    rows += [
+        f"| {lyr.output} | {lyr.source} | {'kept' if lyr.attention else '**removed**'} | {'kept' if lyr.mlp else '**removed**'} |"
+        for lyr in plan.layers
+    ]
     if plan.dropped_blocks:
         rows.append(f"\nWhole blocks removed (source numbering): {format_indices(plan.dropped_blocks)}.")
-    trust = "" if result.stock else ", trust_remote_code=True"
-    numerics = result.verification.get("numerics")
+    numerics = record["verification"].get("numerics")
     checked = (
-        f"logits equal the source model with the same sublayers bypassed (max |diff| {numerics['max_abs_logit_diff']:.3g}, fp32)"
+        f"logits equal the source model with the same sublayers bypassed (max |difference| "
+        f"{numerics['max_abs_logit_diff']:.3g} over {numerics['tokens']} tokens, {numerics['dtype']})"
         if isinstance(numerics, dict)
-        else f"numeric check {numerics}"
+        else f"logit comparison {numerics}"
     )
-    body = f"""
-# {Path(result.output).name}
-
-Pruned from `{src.id}`{f" (revision `{src.revision}`)" if src.revision else ""} with [skipprune](https://github.com/skipprune/skipprune):
-{plan.describe()}. Size: {result.bytes_out / 2**20:.1f} MiB of weights (source: {result.bytes_in / 2**20:.1f} MiB).
-
-## Layers
-
-{chr(10).join(rows)}
-
-## Verification
-
-Structure: every tensor the model expects is present, and every kept tensor is byte-identical to the source.
-Numerics: {checked}.
-
-## Load
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO"{trust})
-tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")
-```
-
-## Reproduce
-
-```
-{command or "skipprune export ..."}
-```
-
-## Scores
-
-Not measured.
-
-## Citation
-
-{CITATION}
-"""
-    return "\n".join(meta) + "\n" + body.lstrip("\n")
+    revision = f" at revision `{src['revision']}`" if src.get("revision") else ""
+    trust = "" if stock else ", trust_remote_code=True"
+    load_note = (
+        "Only whole blocks were removed, so this is the stock architecture: no remote code is needed."
+        if stock
+        else "The model ships a short modeling file (`modeling_skipprune.py`, torch + transformers only) that runs "
+        "the stock decoder with the removed sublayers skipped; load it with `trust_remote_code=True`."
+    )
+    sections = [
+        f"# {name}",
+        f"Pruned from `{src['id']}`{revision} with skipprune {record['skipprune_version']}: {plan.describe()}.",
+        "## What was removed\n\n" + "\n".join(rows),
+        "## Scores\n\n" + _scores(results, record),
+        "## Verification\n\nStructure: every tensor the model expects is present, none of the removed ones is, "
+        f"and every kept tensor is byte-identical to the source.\nNumerics: {checked}.",
+        f"## How to load\n\n{load_note}\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{name}"{trust})\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n```',
+        f"## Reproduce\n\n```\n{record.get('command') or 'skipprune export (called from Python)'}\n```",
+        "## Citations\n\n" + "\n".join(f"- {c}" for c in CITATIONS),
+    ]
+    return "\n".join(meta) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
-def write_card(folder: Path, result, command: str | None = None) -> None:
-    (Path(folder) / "README.md").write_text(render_card(result, command), encoding="utf-8")
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return NOT_MEASURED
+    if kind == "bytes":
+        return f"{value / 2**20:.2f} MiB"
+    if kind == "int":
+        return f"{value:,}"
+    if kind == "ppl":
+        return f"{value:.2f}"
+    if kind == "s":
+        return f"{value * 1000:.2f} ms"
+    return str(value)
+
+
+def _scores(results: dict | None, record: dict) -> str:
+    if not results:
+        return f"Not measured yet (params: {NOT_MEASURED}; perplexity: {NOT_MEASURED}; speed: {NOT_MEASURED})."
+    base = results.get("baseline") or {}
+    rows = [("parameters", "params", "int"), ("weights on disk", "disk_bytes", "bytes"),
+            ("KV cache per token", "kv_bytes_per_token", "bytes"), ("perplexity", "perplexity", "ppl")]  # fmt: skip
+    speed_keys = sorted(set(results.get("speed", {})) | set(base.get("speed", {})))
+    lines = ["| | source | pruned | pruned / source |", "|---|---:|---:|---:|"]
+
+    def row(label, before, after, kind):
+        ratio = f"{after / before:.3f}" if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before else "-"
+        lines.append(f"| {label} | {_fmt(before, kind)} | {_fmt(after, kind)} | {ratio} |")
+
+    for label, key, kind in rows:
+        row(label, base.get(key), results.get(key), kind)
+    for key in speed_keys:
+        if key.startswith("one_token_s"):
+            row(f"1-token latency ({key.removeprefix('one_token_s_').replace('_', ', ')})", base.get("speed", {}).get(key),
+                results.get("speed", {}).get(key), "s")  # fmt: skip
+    proto = results.get("perplexity_protocol")
+    notes = []
+    if proto:
+        notes.append(
+            f"Perplexity: token-level, {proto['windows']} non-overlapping windows of {proto['seq_len']} tokens "
+            f"({proto['predicted_tokens']:,} predicted tokens) of {proto['text']}."
+        )
+    speed = results.get("speed") or {}
+    if speed:
+        notes.append(f"Speed: median of repeated runs after a warm-up, both models in the same run, on {speed.get('device')} "
+                     f"in {speed.get('dtype')}; time to predict one token for a batch of prompts (Tyukin et al. 2024, §3.3).")  # fmt: skip
+    notes.append(f"Benchmarks (lm-eval): {', '.join(results['tasks']) if results.get('tasks') else NOT_MEASURED}.")
+    return "\n".join(lines) + "\n\n" + "\n".join(notes)
+
+
+def write_card(folder: Path, name: str | None = None) -> Path:
+    """(Re)write README.md from skipprune.json and, when present, results.json."""
+    folder = Path(folder)
+    record = json.loads((folder / "skipprune.json").read_text(encoding="utf-8"))
+    results_file = folder / "results.json"
+    results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
+    path = folder / "README.md"
+    path.write_text(render_card(record, results, name or folder.name), encoding="utf-8")
+    return path

@@ -2,7 +2,8 @@
 
 The folder is assembled in a hidden sibling (`.NAME.skipprune-partial-PID`) and renamed into place only
 after verification, so OUTPUT either does not exist or is complete; a killed run leaves only the hidden
-partial folder, which the next export to the same OUTPUT removes.
+partial folder (or, mid-swap with --overwrite, the previous OUTPUT set aside), which the next export to
+the same OUTPUT removes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .writer import parse_size, write_shards
 
 PROVENANCE = "skipprune.json"
 _PARTIAL = ".skipprune-partial-"
+_OLD = ".skipprune-old-"  # a replaced OUTPUT, deleted once the new one is in place
 
 
 @dataclass
@@ -76,7 +78,8 @@ def export(
     plan.validate()
     log(f"{src.id}: {family.model_type}, {src.num_layers} layers; {plan.describe()}")
 
-    config = surgery.output_config(_with_layer_types(src.config), plan, family, dtype)
+    source_config = _with_layer_types(src.config) if family.derives_layer_types else src.config
+    config = surgery.output_config(source_config, plan, family, dtype)
     tensors = surgery.map_tensors(src, plan, family, dtype)
     _clean_stale_partials(out)
     tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
@@ -85,7 +88,7 @@ def export(
         write_shards(tmp, tensors, shard_bytes)
         _write_side_files(tmp, src, config, stock=plan.blocks_only)
         checks = {"structure": verify.verify_structure(tmp, tensors)}
-        log(f"structure verified: {checks['structure']['tensors']} tensors, kept bytes identical to the source")
+        log(f"structure verified: {checks['structure']['tensors']} tensors as planned, kept bytes identical to the source")
         if _should_check_numerics(verify_numerics, src):
             checks["numerics"] = verify.verify_numerics(tmp, src, plan, family, dtype)
             log(f"logits verified: max |diff| {checks['numerics']['max_abs_logit_diff']:.3g} vs the bypassed source")
@@ -97,7 +100,7 @@ def export(
         if card:
             from ..cards.card import write_card
 
-            write_card(tmp, result, command=command)
+            write_card(tmp, name=out.name)
         _publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -129,7 +132,7 @@ def _existing_parent(p: Path) -> Path:
 def _clean_stale_partials(out: Path) -> None:
     if not out.parent.is_dir():
         return
-    for p in out.parent.glob(f".{out.name}{_PARTIAL}*"):
+    for p in [*out.parent.glob(f".{out.name}{_PARTIAL}*"), *out.parent.glob(f".{out.name}{_OLD}*")]:
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
@@ -149,7 +152,7 @@ def _publish(tmp: Path, out: Path) -> None:
     """Swap the finished folder into place; an old OUTPUT (with --overwrite) goes only after that."""
     old = None
     if out.exists():
-        old = out.parent / f".{out.name}.skipprune-old-{os.getpid()}"
+        old = out.parent / f".{out.name}{_OLD}{os.getpid()}"
         out.rename(old)
     tmp.rename(out)
     if old is not None:
@@ -171,9 +174,6 @@ def _with_layer_types(config: dict) -> dict:
 
 
 def _write_side_files(folder: Path, src: Source, config: dict, stock: bool) -> None:
-    import transformers
-
-    config = {**config, "transformers_version": transformers.__version__}
     _write_json(folder / "config.json", config)
     if not stock:
         surgery.copy_remote_code(folder)
@@ -187,13 +187,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def provenance(result: ExportResult, dtype: str, command: str | None) -> dict:
-    import transformers
+    from importlib.metadata import version
 
     from .. import __version__
 
     return {
         "skipprune_version": __version__,
-        "transformers_version": transformers.__version__,
+        "transformers_version": version("transformers"),
         "source": {"id": result.source.id, "revision": result.source.revision, "model_type": result.source.model_type},
         "plan": result.plan.to_dict(),
         "architecture": "stock" if result.stock else "skipprune",

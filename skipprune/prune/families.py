@@ -18,6 +18,9 @@ class Family:
     attention: tuple[str, ...]
     mlp: tuple[str, ...]
     layers_prefix: str = "model.layers."
+    # The config derives per-layer attention types (sliding / full) from other fields when `layer_types` is
+    # absent; they must be spelled out before layers are removed, or the new numbering re-derives them.
+    derives_layer_types: bool = False
 
 
 _PRE_NORM = dict(attention=("self_attn", "input_layernorm"), mlp=("mlp", "post_attention_layernorm"))
@@ -31,11 +34,11 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("llama", **_PRE_NORM),
         Family("mistral", **_PRE_NORM),
-        Family("qwen2", **_PRE_NORM),
-        Family("qwen3", **_PRE_NORM),  # q_norm / k_norm live inside self_attn
+        Family("qwen2", **_PRE_NORM, derives_layer_types=True),
+        Family("qwen3", **_PRE_NORM, derives_layer_types=True),  # q_norm / k_norm live inside self_attn
         Family("phi3", **_PRE_NORM),  # fused qkv_proj / gate_up_proj live inside self_attn / mlp
-        Family("gemma2", **_SANDWICH),
-        Family("gemma3_text", **_SANDWICH),
+        Family("gemma2", **_SANDWICH, derives_layer_types=True),
+        Family("gemma3_text", **_SANDWICH, derives_layer_types=True),
         Family("olmo2", attention=("self_attn", "post_attention_layernorm"), mlp=("mlp", "post_feedforward_layernorm")),
     )
 }
