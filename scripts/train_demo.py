@@ -1,6 +1,6 @@
-"""Train the bundled demo model: a small Llama on Tiny Shakespeare (seeded, CPU, ~15-25 minutes on 2 cores).
+"""Train the bundled demo model: a small Llama on Tiny Shakespeare (seeded, CPU, ~20 minutes on 2 cores).
 
-    python scripts/train_demo.py [--steps 400] [--out skipprune/demo/model]
+    python scripts/train_demo.py [--steps 900] [--out skipprune/demo/model]
 
 The text is split once, at a line boundary: the first 90 % trains the tokenizer and the model, the last 10 %
 (skipprune/demo/heldout.txt) is never seen in training and serves perplexity measurements.
@@ -42,7 +42,7 @@ def train_tokenizer(text: str, vocab_size: int) -> PreTrainedTokenizerFast:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=900)
     ap.add_argument("--batch", type=int, default=24)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -72,6 +72,35 @@ def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, ma
     click.echo(output)
 
 
+@main.command("eval")
+@click.argument("model")
+@click.option("--baseline", metavar="SOURCE", help="Measure this model too, in the same run, and report ratios.")
+@click.option("--text", metavar="FILE", help="Perplexity text: a file, 'bundled' (default) or 'wikitext2'.")
+@click.option("--seq-len", type=int, help="Perplexity window (default: min(2048, the model's maximum)).")
+@click.option("--tasks", metavar="LIST", help="lm-eval tasks, comma separated: names or task YAML paths.")
+@click.option("--limit", type=int, help="At most this many examples per task (quick runs).")
+@click.option("--speed/--no-speed", default=True, show_default=True, help="Measure 1-token latency and decode speed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results JSON here.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the models' own code (an export's own is always allowed).")
+def eval_(model, baseline, text, seq_len, tasks, limit, speed, device, json_path, trust_remote_code):
+    """Measure MODEL (folder or Hub id): perplexity, size, KV cache, speed, and lm-eval tasks when asked."""
+    import json
+
+    from .cards.evaluate import evaluate, table
+
+    res = evaluate(
+        model, baseline, text=text, seq_len=seq_len, speed=speed, device=device, trust_remote_code=trust_remote_code,
+        tasks=[t for t in (tasks or "").split(",") if t], limit=limit, log=lambda m: click.echo(m, err=True),
+    )  # fmt: skip
+    click.echo(table(res))
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=2)
+            f.write("\n")
+        click.echo(f"results written to {json_path}", err=True)
+
+
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False), default="skipprune-demo")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT even if it is not an earlier demo output.")

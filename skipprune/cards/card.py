@@ -68,7 +68,7 @@ def render_card(record: dict, results: dict | None, name: str) -> str:
         f"and every kept tensor is byte-identical to the source.\nNumerics: {checked}.",
         f"## How to load\n\n{load_note}\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
         f'model = AutoModelForCausalLM.from_pretrained("{name}"{trust})\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n```',
+        f'tokenizer = AutoTokenizer.from_pretrained("{name}"{trust})\n```',
         f"## Reproduce\n\n```\n{record.get('command') or 'skipprune export (called from Python)'}\n```",
         "## Citations\n\n" + "\n".join(f"- {c}" for c in CITATIONS),
     ]

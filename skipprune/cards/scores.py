@@ -60,22 +60,62 @@ def kv_bytes_per_token(model, tokens: int = 8) -> int:
 
 
 @torch.no_grad()
-def one_token_latency(model, batch: int, length: int, repeats: int = 7) -> float:
-    """Median seconds to predict the next token for `batch` prompts of `length` tokens (prefill)."""
+def interleaved_latency(models: list, batch: int, length: int, repeats: int = 7) -> list[float]:
+    """Median seconds to predict the next token for `batch` prompts of `length` tokens (prefill), for each
+    model; the models take turns within every repeat so drift in machine speed hits them equally."""
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, model.config.get_text_config().vocab_size, (batch, length), generator=g).to(model.device)
-    model(input_ids=ids, use_cache=False, logits_to_keep=1)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(input_ids=ids, use_cache=False, logits_to_keep=1)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    vocab = min(m.config.get_text_config().vocab_size for m in models)
+    ids = torch.randint(0, vocab, (batch, length), generator=g)
+    times: list[list[float]] = [[] for _ in models]
+    for r in range(repeats + 1):
+        for k, model in enumerate(models):
+            x = ids.to(model.device)
+            _sync(model)
+            start = time.perf_counter()
+            model(input_ids=x, use_cache=False, logits_to_keep=1)
+            _sync(model)
+            if r:  # the first round is a warm-up
+                times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
 
 
-def measure(model, folder: Path | None, ids: torch.Tensor | None, seq_len: int, text_name: str,
-            speed: bool = True, batch: int = 8) -> dict:  # fmt: skip
-    """Everything skipprune reports about one model, as the results schema."""
+@torch.no_grad()
+def interleaved_decode(models: list, tokens: int = 128, repeats: int = 3) -> list[float]:
+    """Median greedy decode speed (tokens/s) of a `tokens`-token generation from a short prompt."""
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
+    rates: list[list[float]] = [[] for _ in models]
+    for r in range(repeats + 1):
+        for k, model in enumerate(models):
+            kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+            _sync(model)
+            start = time.perf_counter()
+            model.generate(ids.to(model.device), **kw)
+            _sync(model)
+            if r:
+                rates[k].append(tokens / (time.perf_counter() - start))
+    return [statistics.median(x) for x in rates]
+
+
+def _sync(model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def speed(models: list, batch: int = 8) -> list[dict]:
+    """Tyukin et al. 2024 section 3.3 (1-token latency at prompt lengths 50 and 100) plus decode speed."""
+    out = [{} for _ in models]
+    for length in (50, 100):
+        for d, t in zip(out, interleaved_latency(models, batch, length)):
+            d[f"one_token_s_batch{batch}_len{length}"] = t
+    for d, rate, model in zip(out, interleaved_decode(models), models):
+        d["decode_tokens_per_s"] = rate
+        d["device"] = str(model.device)
+        d["dtype"] = str(model.dtype).replace("torch.", "")
+    return out
+
+
+def measure(model, folder: Path | None, ids: torch.Tensor | None, seq_len: int, text_name: str) -> dict:
+    """Everything but speed about one model, in the results schema."""
     model.eval()
     result: dict = {
         "params": count_params(model),
@@ -88,12 +128,6 @@ def measure(model, folder: Path | None, ids: torch.Tensor | None, seq_len: int, 
     }
     if ids is not None:
         result["perplexity"], result["perplexity_protocol"] = perplexity(model, ids, seq_len, text_name)
-    if speed:
-        result["speed"] = {
-            f"one_token_s_batch{batch}_len{n}": one_token_latency(model, batch, n) for n in (50, 100)
-        }
-        result["speed"]["device"] = str(model.device)
-        result["speed"]["dtype"] = str(model.dtype).replace("torch.", "")
     return result
 
 

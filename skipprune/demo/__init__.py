@@ -35,7 +35,7 @@ def run_demo(output: Path, overwrite: bool = False, seq_len: int = 256, log=prin
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..cards.card import write_card
-    from ..cards.scores import measure, results
+    from ..cards.scores import measure, results, speed
     from ..export.pipeline import PROVENANCE, export
 
     output = Path(output).absolute()
@@ -48,10 +48,11 @@ def run_demo(output: Path, overwrite: bool = False, seq_len: int = 256, log=prin
     source = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32)
     pruned = AutoModelForCausalLM.from_pretrained(output, dtype=torch.float32, trust_remote_code=True)
     name = "the bundled Tiny Shakespeare held-out split (never trained on)"
-    log("measuring perplexity, KV cache and 1-token latency of both models ...")
+    log("measuring perplexity, KV cache, 1-token latency and decode speed of both models (interleaved) ...")
     torch.manual_seed(0)
     before = measure(source, MODEL, ids, seq_len, name)
     after = measure(pruned, output, ids, seq_len, name)
+    before["speed"], after["speed"] = speed([source, pruned])
     report = results(output.name, after, before, "skipprune demo model (bundled)")
     (output / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_card(output)
@@ -82,6 +83,8 @@ def _summary(result, before: dict, after: dict, samples: dict, record: dict, log
     for key in sorted(k for k in after["speed"] if k.startswith("one_token")):
         label = "1-token latency " + key.split("_")[-1]
         log(f"{label:24}{before['speed'][key] * 1e3:>10.2f}ms{after['speed'][key] * 1e3:>10.2f}ms  ({ratio(key):.2f}x)")
+    key = "decode_tokens_per_s"
+    log(f"{'decode tokens/s':24}{before['speed'][key]:>12.1f}{after['speed'][key]:>12.1f}  ({ratio(key):.2f}x)")
     log(f"verification: {json.dumps(record['verification']['numerics'])}")
     log(f'source says: "{samples["source"]}"')
     log(f'pruned says: "{samples["pruned"]}"')

@@ -204,7 +204,7 @@ def provenance(result: ExportResult, dtype: str, command: str | None) -> dict:
     }
 
 
-def _available_memory() -> int:
+def available_memory() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -219,6 +219,6 @@ def _should_check_numerics(requested: bool | None, src: Source) -> bool:
     if requested is not None:
         return requested
     params = sum(math.prod(t.shape) for t in src.tensors.values())
-    return 2 * params * 4 <= _available_memory() // 2  # both models upcast to fp32, within half the free RAM
+    return 2 * params * 4 <= available_memory() // 2  # both models upcast to fp32, within half the free RAM
 
 

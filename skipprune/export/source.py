@@ -67,7 +67,7 @@ class Source:
 
 def open_source(source: str, revision: str | None = None) -> Source:
     """Resolve SOURCE (folder or Hub id) and index its tensors without reading their bytes."""
-    folder, sha = _resolve(source, revision)
+    folder, sha = resolve_folder(source, revision)
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise SourceError(f"{source}: no config.json in the folder; point SOURCE at a Hugging Face model folder")
@@ -80,7 +80,8 @@ def open_source(source: str, revision: str | None = None) -> Source:
     return Source(folder, source, sha, config, index_tensors(folder))
 
 
-def _resolve(source: str, revision: str | None) -> tuple[Path, str | None]:
+def resolve_folder(source: str, revision: str | None = None) -> tuple[Path, str | None]:
+    """A local folder as it is, or a Hub id downloaded (needed files only); returns (folder, commit sha)."""
     path = Path(source).expanduser()
     if path.is_dir():
         if revision:
@@ -206,7 +207,3 @@ def read_bytes(info: TensorInfo) -> bytes:
     if len(data) != info.nbytes:
         raise SourceError(f"{info.file}: truncated while reading {info.name}; download it again")
     return data
-
-
-def file_size(path: Path) -> int:
-    return os.stat(path).st_size

@@ -1,0 +1,90 @@
+"""`skipprune eval` on the bundled demo model and an export of it (no downloads)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+from test_cli_errors import assert_clean_failure, run
+
+import skipprune
+from skipprune.cards.evaluate import evaluate
+from skipprune.cli import main
+from skipprune.demo import HELDOUT, MODEL
+
+
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "pruned"
+    skipprune.export(MODEL, out, drop_attn="last:25%", log=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def short_text(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "short.txt"
+    path.write_text(HELDOUT.read_text(encoding="utf-8")[:12000], encoding="utf-8")
+    return path
+
+
+def test_eval_with_baseline_json(demo_export, short_text, tmp_path):
+    out_json = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", str(demo_export), "--baseline", str(MODEL), "--text", str(short_text),
+                                    "--seq-len", "128", "--no-speed", "--json", str(out_json)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(out_json.read_text())
+    for key in ("schema_version", "model", "perplexity", "perplexity_protocol", "params", "disk_bytes",
+                "kv_bytes_per_token", "speed", "tasks", "baseline"):  # fmt: skip
+        assert key in data
+    base = data["baseline"]
+    assert data["kv_bytes_per_token"] * 4 == base["kv_bytes_per_token"] * 3  # 9 of 12 layers keep attention
+    assert data["params"] < base["params"] and data["disk_bytes"] < base["disk_bytes"]
+    proto = data["perplexity_protocol"]
+    assert proto["seq_len"] == 128 and proto["predicted_tokens"] == proto["windows"] * 127
+    assert data["perplexity"] > base["perplexity"] > 1  # removing attention costs something on a trained model
+    assert "KV bytes/token" in res.output and "0.750" in res.output
+
+
+def test_eval_speed_is_interleaved_and_recorded(demo_export, short_text):
+    res = evaluate(str(demo_export), str(MODEL), text=str(short_text), seq_len=128, log=lambda m: None)
+    for d in (res, res["baseline"]):
+        assert d["speed"]["one_token_s_batch8_len50"] > 0 and d["speed"]["decode_tokens_per_s"] > 0
+        assert d["speed"]["device"] == "cpu" and d["speed"]["dtype"] == "float32"
+
+
+def test_foreign_remote_code_needs_opt_in(demo_export, tmp_path):
+    tampered = shutil.copytree(demo_export, tmp_path / "tampered")
+    with open(tampered / "modeling_skipprune.py", "a") as f:
+        f.write("\n# changed by someone else\n")
+    assert_clean_failure(run("eval", tampered, "--no-speed"), "--trust-remote-code")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--text", "missing.txt"], "no such file"),
+        (["--seq-len", "100000"], "--seq-len 100000"),
+        (["--device", "cuda"], "no CUDA device"),
+    ],
+)
+def test_eval_bad_input(args, needle):
+    assert_clean_failure(run("eval", MODEL, "--no-speed", *args), needle)
+
+
+def test_text_shorter_than_a_window(tmp_path):
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("To be, or not to be.")
+    assert_clean_failure(run("eval", MODEL, "--no-speed", "--text", tiny, "--seq-len", "256"), "fewer than one window")
+
+
+def test_tasks_without_lm_eval_say_what_to_install():
+    pytest.importorskip("torch")
+    try:
+        import lm_eval  # noqa: F401
+
+        pytest.skip("lm-eval is installed")
+    except ImportError:
+        pass
+    assert_clean_failure(run("eval", MODEL, "--no-speed", "--tasks", "hellaswag"), "pip install 'skipprune[lm-eval]'")
