@@ -44,13 +44,16 @@ def main():
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
 @click.option("--revision", help="Hub branch, tag or commit of SOURCE.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
+@click.option("--push-to", metavar="REPO_ID", help="Push OUTPUT to the Hub after a successful export.")
+@click.option("--private", is_flag=True, help="With --push-to: create the repo as private.")
 @click.option(
     "--verify/--no-verify",
     default=None,
     help="Compare logits against the bypassed source (default: when the model fits in memory). "
     "Structure and bytes are always verified.",
 )
-def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, max_shard_size, dtype, revision, overwrite, verify):
+def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, max_shard_size, dtype, revision, overwrite,
+           push_to, private, verify):  # fmt: skip
     """Write OUTPUT: a copy of SOURCE (folder or Hub id) without the removed sublayers."""
     from .export.pipeline import export as run_export
 
@@ -70,6 +73,41 @@ def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, ma
         command=shlex.join(["skipprune", *sys.argv[1:]]) if sys.argv[1:2] == ["export"] else None,
     )
     click.echo(output)
+    if push_to:
+        from .cards.hub import push as run_push
+
+        click.echo(run_push(output, push_to, private=private, log=lambda m: click.echo(m, err=True)))
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.option("--results", "results_path", type=click.Path(exists=True, dir_okay=False),
+              help="A results JSON from `skipprune eval --json`, copied into OUTPUT as results.json.")  # fmt: skip
+def card(output, results_path):
+    """(Re)write OUTPUT/README.md (and layers.png) from its skipprune.json and results."""
+    import shutil
+    from pathlib import Path
+
+    from .cards.card import write_card
+
+    if not (Path(output) / "skipprune.json").is_file():
+        raise SkippruneError(f"{output} has no skipprune.json; point at a folder written by `skipprune export`")
+    if results_path:
+        shutil.copyfile(results_path, Path(output) / "results.json")
+    click.echo(write_card(Path(output)))
+
+
+@main.command()
+@click.argument("output", type=click.Path(exists=True, file_okay=False))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repo as private.")
+@click.option("--revision", metavar="BRANCH", help="Push to this branch (created if needed).")
+@click.option("--commit-message", metavar="MSG")
+def push(output, repo_id, private, revision, commit_message):
+    """Upload OUTPUT to the Hugging Face Hub as REPO_ID (token: HF_TOKEN or `hf auth login`)."""
+    from .cards.hub import push as run_push
+
+    click.echo(run_push(output, repo_id, private, revision, commit_message, log=lambda m: click.echo(m, err=True)))
 
 
 @main.command("eval")

@@ -27,15 +27,44 @@ def tags_for(plan: PrunePlan) -> list[str]:
     return ["skipprune", "pruned", *[tag for tag, layers in kinds if layers]]
 
 
+def card_data(record: dict, results: dict | None, name: str):
+    """YAML metadata: base model, tags, and a model-index of the measured results."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    plan = PrunePlan.from_dict(record["plan"])
+    src = record["source"]
+    evals = []
+    if results and results.get("perplexity") is not None:
+        proto = results["perplexity_protocol"]
+        hub_text = proto["text"].startswith("WikiText-2")
+        evals.append(EvalResult(
+            task_type="text-generation", task_name="Perplexity",
+            dataset_type="wikitext" if hub_text else "local", dataset_config="wikitext-2-raw-v1" if hub_text else None,
+            dataset_name=proto["text"] if hub_text else f"{proto['text']} (local text, not a Hub dataset)",
+            metric_type="perplexity", metric_name=f"token perplexity ({proto['seq_len']}-token windows)",
+            metric_value=round(results["perplexity"], 4),
+        ))  # fmt: skip
+    for task, r in (results or {}).get("tasks", {}).items():
+        evals.append(EvalResult(
+            task_type="text-generation", dataset_type="local" if r.get("local") else task,
+            dataset_name=f"{task} (local task)" if r.get("local") else task, metric_type=r["metric"],
+            metric_value=round(r["value"], 4), dataset_args={"num_few_shot": r["num_fewshot"]},
+        ))  # fmt: skip
+    return ModelCardData(
+        base_model=src["id"] if src.get("revision") else None,  # a Hub source only; a local path means nothing there
+        tags=tags_for(plan),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        model_name=name,
+        eval_results=evals or None,
+    )
+
+
 def render_card(record: dict, results: dict | None, name: str) -> str:
     plan = PrunePlan.from_dict(record["plan"])
     src = record["source"]
     stock = record["architecture"] == "stock"
-    meta = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"]
-    meta += [f"- {t}" for t in tags_for(plan)]
-    if src.get("revision"):  # a Hub source: link the base model
-        meta.append(f"base_model: {src['id']}")
-    meta.append("---")
+    meta = ["---", card_data(record, results, name).to_yaml(), "---"]
 
     rows = ["| output layer | source layer | attention | MLP |", "|---:|---:|:---:|:---:|"]
     rows += [
@@ -51,7 +80,8 @@ def render_card(record: dict, results: dict | None, name: str) -> str:
         if isinstance(numerics, dict)
         else f"logit comparison {numerics}"
     )
-    revision = f" at revision `{src['revision']}`" if src.get("revision") else ""
+    # A Hub source is named with its commit; a local one by folder name only (its path means nothing elsewhere).
+    origin = f"`{src['id']}` at revision `{src['revision']}`" if src.get("revision") else f"a local checkpoint (`{Path(src['id']).name}`)"
     trust = "" if stock else ", trust_remote_code=True"
     load_note = (
         "Only whole blocks were removed, so this is the stock architecture: no remote code is needed."
@@ -61,8 +91,10 @@ def render_card(record: dict, results: dict | None, name: str) -> str:
     )
     sections = [
         f"# {name}",
-        f"Pruned from `{src['id']}`{revision} with skipprune {record['skipprune_version']}: {plan.describe()}.",
-        "## What was removed\n\n" + "\n".join(rows),
+        f"Pruned from {origin} with skipprune {record['skipprune_version']}: {plan.describe()}.",
+        "## What was removed\n\n![Which layers keep attention and MLP](layers.png)\n\n"
+        "Green: kept; red: removed; grey: whole block removed (one row per source layer, attention | MLP).\n\n"
+        + "\n".join(rows),
         "## Scores\n\n" + _scores(results, record),
         "## Verification\n\nStructure: every tensor the model expects is present, none of the removed ones is, "
         f"and every kept tensor is byte-identical to the source.\nNumerics: {checked}.",
@@ -79,7 +111,10 @@ def _fmt(value, kind: str) -> str:
     if value is None:
         return NOT_MEASURED
     if kind == "bytes":
-        return f"{value / 2**20:.2f} MiB"
+        unit = next(u for u, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if value >= size or u == "B")
+        return f"{value / dict(GiB=2**30, MiB=2**20, KiB=2**10, B=1)[unit]:,.{0 if unit == 'B' else 2}f} {unit}"
+    if kind == "rate":
+        return f"{value:,.1f} tokens/s"
     if kind == "int":
         return f"{value:,}"
     if kind == "ppl":
@@ -104,6 +139,9 @@ def _scores(results: dict | None, record: dict) -> str:
 
     for label, key, kind in rows:
         row(label, base.get(key), results.get(key), kind)
+    if "decode_tokens_per_s" in speed_keys:
+        row("greedy decode speed (128 tokens)", base.get("speed", {}).get("decode_tokens_per_s"),
+            results.get("speed", {}).get("decode_tokens_per_s"), "rate")  # fmt: skip
     for key in speed_keys:
         if key.startswith("one_token_s"):
             row(f"1-token latency ({key.removeprefix('one_token_s_').replace('_', ', ')})", base.get("speed", {}).get(key),
@@ -129,6 +167,9 @@ def write_card(folder: Path, name: str | None = None) -> Path:
     record = json.loads((folder / "skipprune.json").read_text(encoding="utf-8"))
     results_file = folder / "results.json"
     results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
+    from .diagram import write_png
+
+    write_png(PrunePlan.from_dict(record["plan"]), folder / "layers.png")
     path = folder / "README.md"
     path.write_text(render_card(record, results, name or folder.name), encoding="utf-8")
     return path
