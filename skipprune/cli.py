@@ -23,7 +23,7 @@ class _Group(click.Group):
             click.echo(f"error: {e}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written to OUTPUT", err=True)
+            click.echo("interrupted (an unfinished export leaves no OUTPUT behind)", err=True)
             sys.exit(130)
 
 
@@ -137,6 +137,72 @@ def eval_(model, baseline, text, seq_len, tasks, limit, speed, device, json_path
             json.dump(res, f, indent=2)
             f.write("\n")
         click.echo(f"results written to {json_path}", err=True)
+
+
+@main.command()
+@click.argument("model")
+@click.option("--text", metavar="FILE", help="Calibration text: a file, 'bundled' (default) or 'wikitext2'.")
+@click.option("--samples", type=int, default=32, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per window.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the measurements here.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG plot here (needs matplotlib).")
+@click.option("--suggest", "target", metavar="TARGET", help="Suggest plans removing attn:P%, kv:P% or params:P%.")
+@click.option("--trust-remote-code", is_flag=True)
+def analyze(model, text, samples, seq_len, device, json_path, plot_path, target, trust_remote_code):
+    """Measure how much each layer's attention, MLP and block change the residual stream, on MODEL's
+    calibration text; optionally suggest which layers to remove."""
+    import json
+    from pathlib import Path
+
+    from .prune import report
+
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if target:
+        from .prune.analyze import parse_target
+
+        parse_target(target)  # a bad target fails before any model is loaded
+    imp, loaded = report.analyze(model, text, samples, seq_len, device, trust_remote_code, log)
+    click.echo(report.table(imp))
+    data = imp.to_dict()
+    if target:
+        per_block, total = report.block_params(loaded)
+        data["suggestions"] = []
+        for s in report.suggest(imp, target, per_block, total):
+            click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe()}\n  {s.command(model)}")
+            data["suggestions"].append({"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": s.command(model)})
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    if plot_path:
+        log(f"plot written to {report.plot(imp, Path(plot_path), Path(model).name)}")
+
+
+@main.command()
+@click.argument("model")
+@click.option("--text", metavar="FILE", help="Perplexity text: a file, 'bundled' (default) or 'wikitext2'.")
+@click.option("--seq-len", type=int, default=256, show_default=True)
+@click.option("--samples", type=int, default=32, show_default=True, help="Perplexity windows per grid point.")
+@click.option("--tasks", metavar="LIST", help="lm-eval tasks per grid point (slow; use --limit).")
+@click.option("--limit", type=int)
+@click.option("--speed/--no-speed", default=True, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False))
+@click.option("--trust-remote-code", is_flag=True)
+def sweep(model, text, seq_len, samples, tasks, limit, speed, device, json_path, plot_path, trust_remote_code):
+    """The seed paper's grid on MODEL, in memory: attention / MLP / blocks removed from the last layers."""
+    import json
+    from pathlib import Path
+
+    from .prune import sweep as sw
+
+    rows = sw.sweep(model, text, seq_len, samples, [t for t in (tasks or "").split(",") if t], limit, speed, device,
+                    trust_remote_code, log=lambda m: click.echo(m, err=True))  # fmt: skip
+    click.echo(sw.tables(rows))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    if plot_path:
+        click.echo(f"plot written to {sw.plot(rows, Path(plot_path), Path(model).name)}", err=True)
 
 
 @main.command()

@@ -46,7 +46,7 @@ def test_card_command_with_results(family_sources, tmp_path):
     assert res.exit_code == 0, res.output
     card = ModelCard.load(out / "README.md")
     (ev,) = card.data.eval_results
-    assert ev.metric_type == "perplexity" and ev.metric_value == 12.5 and ev.dataset_type == "local"
+    assert ev.metric_type == "perplexity" and ev.metric_value == 12.5 and ev.dataset_type == "local:file-t-txt"
     assert "not a Hub dataset" in ev.dataset_name
     assert "| perplexity | 10.00 | 12.50 | 1.250 |" in card.text
     assert "| KV cache per token | 384 B | 256 B | 0.667 |" in card.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -79,12 +80,48 @@ def test_text_shorter_than_a_window(tmp_path):
     assert_clean_failure(run("eval", MODEL, "--no-speed", "--text", tiny, "--seq-len", "256"), "fewer than one window")
 
 
-def test_tasks_without_lm_eval_say_what_to_install():
-    pytest.importorskip("torch")
-    try:
-        import lm_eval  # noqa: F401
+def test_tasks_without_lm_eval_say_what_to_install(monkeypatch):
+    import sys
 
-        pytest.skip("lm-eval is installed")
-    except ImportError:
-        pass
-    assert_clean_failure(run("eval", MODEL, "--no-speed", "--tasks", "hellaswag"), "pip install 'skipprune[lm-eval]'")
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if the extra were not installed
+    res = CliRunner().invoke(main, ["eval", str(MODEL), "--no-speed", "--tasks", "hellaswag"])
+    assert res.exit_code == 1 and "pip install 'skipprune[lm-eval]'" in res.output
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    """The shipped local lm-eval task, with the absolute data path lm-eval's json loader needs."""
+    data = Path(__file__).parent / "data"
+    path = tmp_path_factory.mktemp("task") / "tiny_task.yaml"
+    path.write_text((data / "tiny_task.yaml.in").read_text().replace("DATA_FILE", str(data / "tiny_task.jsonl")))
+    return path
+
+
+def test_lm_eval_local_task_in_memory(demo_export, short_text, tiny_task, tmp_path):
+    pytest.importorskip("lm_eval")
+    out_json = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["eval", str(demo_export), "--baseline", str(MODEL), "--text", str(short_text),
+                                    "--seq-len", "128", "--no-speed", "--tasks", str(tiny_task), "--json", str(out_json)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads(out_json.read_text())
+    for d in (data, data["baseline"]):
+        task = d["tasks"]["skipprune_tiny_mc"]
+        assert task["metric"] == "acc" and 0 <= task["value"] <= 1 and task["local"] is True
+    # The card names it as a local task, not a Hub dataset.
+    shutil.copyfile(out_json, demo_export / "results.json")
+    from skipprune.cards.card import write_card
+
+    card = write_card(demo_export).read_text()
+    assert "skipprune_tiny_mc (local task)" in card and "type: local:skipprune-tiny-mc" in card
+    assert "| skipprune_tiny_mc (acc, 0-shot, local task) |" in card
+    from huggingface_hub import ModelCard
+
+    results = ModelCard.load(demo_export / "README.md").data.eval_results
+    assert {(r.dataset_type, r.metric_type) for r in results} == {
+        ("local:file-short-txt", "perplexity"), ("local:skipprune-tiny-mc", "acc")}
+
+
+def test_unknown_task(demo_export):
+    pytest.importorskip("lm_eval")
+    res = CliRunner().invoke(main, ["eval", str(MODEL), "--no-speed", "--seq-len", "128", "--tasks", "no_such_task_xyz"])
+    assert res.exit_code == 1 and "no_such_task_xyz" in res.output, res.output

@@ -39,14 +39,15 @@ def card_data(record: dict, results: dict | None, name: str):
         hub_text = proto["text"].startswith("WikiText-2")
         evals.append(EvalResult(
             task_type="text-generation", task_name="Perplexity",
-            dataset_type="wikitext" if hub_text else "local", dataset_config="wikitext-2-raw-v1" if hub_text else None,
+            dataset_type="wikitext" if hub_text else _local_type(proto["text"]),
+            dataset_config="wikitext-2-raw-v1" if hub_text else None,
             dataset_name=proto["text"] if hub_text else f"{proto['text']} (local text, not a Hub dataset)",
             metric_type="perplexity", metric_name=f"token perplexity ({proto['seq_len']}-token windows)",
             metric_value=round(results["perplexity"], 4),
         ))  # fmt: skip
     for task, r in (results or {}).get("tasks", {}).items():
         evals.append(EvalResult(
-            task_type="text-generation", dataset_type="local" if r.get("local") else task,
+            task_type="text-generation", task_name=task, dataset_type=_local_type(task) if r.get("local") else task,
             dataset_name=f"{task} (local task)" if r.get("local") else task, metric_type=r["metric"],
             metric_value=round(r["value"], 4), dataset_args={"num_few_shot": r["num_fewshot"]},
         ))  # fmt: skip
@@ -58,6 +59,12 @@ def card_data(record: dict, results: dict | None, name: str):
         model_name=name,
         eval_results=evals or None,
     )
+
+
+def _local_type(name: str) -> str:
+    """A model-index dataset type for local data: distinct per dataset (the Hub groups results by type) and
+    unmistakable for a Hub dataset id (which cannot contain ':')."""
+    return "local:" + "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())[:60]
 
 
 def render_card(record: dict, results: dict | None, name: str) -> str:
@@ -113,6 +120,8 @@ def _fmt(value, kind: str) -> str:
     if kind == "bytes":
         unit = next(u for u, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10), ("B", 1)) if value >= size or u == "B")
         return f"{value / dict(GiB=2**30, MiB=2**20, KiB=2**10, B=1)[unit]:,.{0 if unit == 'B' else 2}f} {unit}"
+    if kind == "acc":
+        return f"{value:.4f}"
     if kind == "rate":
         return f"{value:,.1f} tokens/s"
     if kind == "int":
@@ -146,6 +155,11 @@ def _scores(results: dict | None, record: dict) -> str:
         if key.startswith("one_token_s"):
             row(f"1-token latency ({key.removeprefix('one_token_s_').replace('_', ', ')})", base.get("speed", {}).get(key),
                 results.get("speed", {}).get(key), "s")  # fmt: skip
+    for task in sorted(set(results.get("tasks", {})) | set(base.get("tasks", {}))):
+        a, b = results.get("tasks", {}).get(task), base.get("tasks", {}).get(task)
+        info = a or b
+        label = f"{task} ({info['metric']}, {info['num_fewshot']}-shot{', local task' if info.get('local') else ''})"
+        row(label, b and b["value"], a and a["value"], "acc")
     proto = results.get("perplexity_protocol")
     notes = []
     if proto:
@@ -157,7 +171,13 @@ def _scores(results: dict | None, record: dict) -> str:
     if speed:
         notes.append(f"Speed: median of repeated runs after a warm-up, both models in the same run, on {speed.get('device')} "
                      f"in {speed.get('dtype')}; time to predict one token for a batch of prompts (Tyukin et al. 2024, §3.3).")  # fmt: skip
-    notes.append(f"Benchmarks (lm-eval): {', '.join(results['tasks']) if results.get('tasks') else NOT_MEASURED}.")
+    tasks = results.get("tasks") or {}
+    limits = {r.get("limit") for r in tasks.values()}
+    notes.append(
+        f"Benchmarks (lm-evaluation-harness, model in memory): {', '.join(tasks)}"
+        + (f"; at most {limits.pop()} examples per task" if limits and None not in limits else "") + "."
+        if tasks else f"Benchmarks (lm-eval): {NOT_MEASURED}."
+    )
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 

@@ -59,24 +59,35 @@ def kv_bytes_per_token(model, tokens: int = 8) -> int:
     return total // tokens
 
 
-@torch.no_grad()
-def interleaved_latency(models: list, batch: int, length: int, repeats: int = 7) -> list[float]:
-    """Median seconds to predict the next token for `batch` prompts of `length` tokens (prefill), for each
-    model; the models take turns within every repeat so drift in machine speed hits them equally."""
-    g = torch.Generator().manual_seed(0)
-    vocab = min(m.config.get_text_config().vocab_size for m in models)
-    ids = torch.randint(0, vocab, (batch, length), generator=g)
-    times: list[list[float]] = [[] for _ in models]
+def alternating_medians(runs: list, repeats: int = 7) -> list[float]:
+    """Median wall seconds of each callable; they take turns within every repeat (after one warm-up round)
+    so drift in machine speed hits them equally."""
+    times: list[list[float]] = [[] for _ in runs]
     for r in range(repeats + 1):
-        for k, model in enumerate(models):
-            x = ids.to(model.device)
-            _sync(model)
+        for k, run in enumerate(runs):
             start = time.perf_counter()
-            model(input_ids=x, use_cache=False, logits_to_keep=1)
-            _sync(model)
-            if r:  # the first round is a warm-up
+            run()
+            if r:
                 times[k].append(time.perf_counter() - start)
     return [statistics.median(t) for t in times]
+
+
+def prompt_batch(model, batch: int, length: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.get_text_config().vocab_size
+    return torch.randint(0, vocab, (batch, length), generator=g).to(model.device)
+
+
+@torch.no_grad()
+def predict_one_token(model, ids: torch.Tensor) -> None:
+    model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    _sync(model)
+
+
+def interleaved_latency(models: list, batch: int, length: int, repeats: int = 7) -> list[float]:
+    """Median seconds to predict the next token for `batch` prompts of `length` tokens (prefill)."""
+    batches = [prompt_batch(m, batch, length) for m in models]
+    return alternating_medians([lambda m=m, x=x: predict_one_token(m, x) for m, x in zip(models, batches)], repeats)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import OutputError, SkippruneError
+from ..errors import OutputError, SkippruneError, VerificationError
 from ..prune.families import family_for
 from ..prune.plan import PrunePlan
 from . import surgery, verify
@@ -90,7 +90,15 @@ def export(
         checks = {"structure": verify.verify_structure(tmp, tensors)}
         log(f"structure verified: {checks['structure']['tensors']} tensors as planned, kept bytes identical to the source")
         if _should_check_numerics(verify_numerics, src):
-            checks["numerics"] = verify.verify_numerics(tmp, src, plan, family, dtype)
+            try:
+                checks["numerics"] = verify.verify_numerics(tmp, src, plan, family, dtype)
+            except (SkippruneError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # transformers refusing the config, say: report it, never half-succeed
+                raise VerificationError(
+                    f"could not check logits ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                    "rerun with --no-verify to skip the logit check, and please report this"
+                ) from None
             log(f"logits verified: max |diff| {checks['numerics']['max_abs_logit_diff']:.3g} vs the bypassed source")
         else:
             checks["numerics"] = "skipped" if verify_numerics is False else "skipped: model too large for memory"

@@ -22,6 +22,19 @@ class Family:
     # absent; they must be spelled out before layers are removed, or the new numbering re-derives them.
     derives_layer_types: bool = False
 
+    @property
+    def attention_out(self) -> str:
+        """The child whose output is what attention adds to the residual stream (its post-norm, if any)."""
+        return self.attention[-1] if self.post_norms else self.attention[0]
+
+    @property
+    def mlp_out(self) -> str:
+        return self.mlp[-1] if self.post_norms else self.mlp[0]
+
+    @property
+    def post_norms(self) -> bool:
+        return self.attention[-1].startswith("post_")
+
 
 _PRE_NORM = dict(attention=("self_attn", "input_layernorm"), mlp=("mlp", "post_attention_layernorm"))
 _SANDWICH = dict(

@@ -1,0 +1,111 @@
+"""analyze / sweep: metrics agree with independent computations; in-memory removal equals the export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from test_cli_errors import assert_clean_failure, run
+from transformers import AutoModelForCausalLM
+
+import skipprune
+from skipprune.cards import scores
+from skipprune.cli import main
+from skipprune.prune.analyze import measure_importance, parse_target, suggest
+from skipprune.prune.families import FAMILIES
+from skipprune.prune.plan import PrunePlan
+from skipprune.prune.sweep import grid, removed_in_place
+
+
+def windows(vocab=128, n=3, length=16):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(0, vocab, (1, length), generator=g) for _ in range(n)]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "olmo2"])
+def test_block_cosine_matches_hidden_states(family, family_sources):
+    model = AutoModelForCausalLM.from_pretrained(family_sources[family], dtype=torch.float32).eval()
+    ws = windows()
+    imp = measure_importance(model, FAMILIES[family], ws)
+    # Independent: layer inputs from output_hidden_states (entry i = input of layer i, for i < L).
+    n = len(model.model.layers)
+    with torch.no_grad():
+        per_window = [model(input_ids=w, output_hidden_states=True).hidden_states for w in ws]
+    for i in range(n - 1):
+        want = torch.cat([torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1).flatten() for hs in per_window]).mean()
+        assert imp.block_cos[i] == pytest.approx(want.item(), abs=1e-5)
+    # Attention + MLP decomposition: the block moves the stream at least as much as... each cosine is a cosine.
+    assert all(-1 <= c <= 1 for c in imp.attention_cos + imp.mlp_cos + imp.block_cos)
+    assert imp.tokens == 3 * 16 and len(imp.angular[1]) == n and len(imp.angular[n]) == 1
+    assert imp.angular[1][0] == pytest.approx(torch.arccos(torch.tensor(imp.block_cos[0])).item() / torch.pi, abs=0.05)
+
+
+def test_suggestions_respect_the_budget(family_sources):
+    model = AutoModelForCausalLM.from_pretrained(family_sources["llama"], dtype=torch.float32).eval()
+    imp = measure_importance(model, FAMILIES["llama"], windows())
+    attn = suggest(imp, "kv:50%")
+    assert {s.strategy for s in attn} == {"last-N", "lowest-importance"}
+    assert all(len(s.plan.drop_attention) == 3 and not s.plan.drop_mlp for s in attn)
+    assert attn[0].plan.drop_attention == {3, 4, 5}
+    block = sum(p.numel() for p in model.model.layers[0].parameters())
+    total = sum(p.numel() for p in model.parameters())
+    blocks = suggest(imp, "params:30%", block, total)
+    count = round(0.3 * total / block)
+    assert {s.strategy for s in blocks} == {"last-N", "lowest-importance", "best-window"}
+    assert all(len(s.plan.dropped_blocks) == count for s in blocks)
+    best = next(s for s in blocks if s.strategy == "best-window")
+    assert best.plan.dropped_blocks == list(range(best.plan.dropped_blocks[0], best.plan.dropped_blocks[0] + count))
+    assert "--drop-blocks" in best.command("m")
+    for bad in ("attn:0%", "layers:5%", "kv:abc%", "kv:25"):
+        with pytest.raises(skipprune.SkippruneError):
+            parse_target(bad)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gemma3_text"])
+def test_in_memory_removal_equals_the_export(family, family_sources, tmp_path):
+    src = family_sources[family]
+    plan = PrunePlan.from_specs(6, drop_attn="last:2", drop_mlp="1", drop_blocks="2")
+    skipprune.export(src, tmp_path / "o", plan, log=lambda m: None)
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "o", trust_remote_code=True, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    ids = torch.cat(windows(n=4)).flatten()
+    before, _ = scores.perplexity(model, ids, 16, "t")
+    with removed_in_place(model, plan, FAMILIES[family]):
+        inside, _ = scores.perplexity(model, ids, 16, "t")
+    want, _ = scores.perplexity(exported, ids, 16, "t")
+    assert inside == want
+    assert scores.perplexity(model, ids, 16, "t")[0] == before  # restored
+
+
+def test_grid_is_the_papers():
+    points = grid(12)
+    assert len(points) == 1 + 3 * 3 * 2
+    attn66 = next(p for k, keep, last, p in points if k == "attention" and keep == 66 and not last)
+    assert attn66.drop_attention == {8, 9, 10, 11}
+    attn66_last = next(p for k, keep, last, p in points if k == "attention" and keep == 66 and last)
+    assert attn66_last.drop_attention == {7, 8, 9, 10}
+
+
+def test_analyze_and_sweep_commands_on_the_demo_model(tmp_path):
+    from skipprune.demo import MODEL
+
+    res = CliRunner().invoke(main, ["analyze", str(MODEL), "--samples", "2", "--seq-len", "64", "--suggest", "attn:25%",
+                                    "--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert len(data["layers"]) == 12 and data["suggestions"][0]["plan"]["drop_attention"] == [9, 10, 11]
+    assert "skipprune export" in res.output and (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    res = CliRunner().invoke(main, ["sweep", str(MODEL), "--samples", "2", "--seq-len", "64", "--no-speed",
+                                    "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "s.json").read_text())
+    assert len(rows) == 19 and all(r["perplexity"] > 1 for r in rows)
+    assert "attention removed from the last layers" in res.output
+
+
+def test_analyze_bad_input():
+    from skipprune.demo import MODEL
+
+    assert_clean_failure(run("analyze", MODEL, "--suggest", "everything"), "bad --suggest")
