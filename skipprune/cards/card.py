@@ -148,6 +148,9 @@ def _scores(results: dict | None, record: dict) -> str:
 
     for label, key, kind in rows:
         row(label, base.get(key), results.get(key), kind)
+    if "peak_generation_memory_bytes" in speed_keys:
+        row("peak memory while generating", base.get("speed", {}).get("peak_generation_memory_bytes"),
+            results.get("speed", {}).get("peak_generation_memory_bytes"), "bytes")  # fmt: skip
     if "decode_tokens_per_s" in speed_keys:
         row("greedy decode speed (128 tokens)", base.get("speed", {}).get("decode_tokens_per_s"),
             results.get("speed", {}).get("decode_tokens_per_s"), "rate")  # fmt: skip

@@ -173,6 +173,8 @@ def table(res: dict) -> str:
     for key in sorted(res.get("speed", {})):
         if key.startswith(("one_token", "decode")):
             rows.append((key, ("speed", key), "{:.4g}"))
+    if res.get("speed"):
+        rows.append(("peak memory while generating", ("speed", "peak_generation_memory_bytes"), "{:,}"))
     for task in sorted(res.get("tasks", {})):
         rows.append((task, ("tasks", task, "value"), "{:.4f}"))
 

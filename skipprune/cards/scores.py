@@ -120,9 +120,22 @@ def speed(models: list, batch: int = 8) -> list[dict]:
             d[f"one_token_s_batch{batch}_len{length}"] = t
     for d, rate, model in zip(out, interleaved_decode(models), models):
         d["decode_tokens_per_s"] = rate
+        d["peak_generation_memory_bytes"] = peak_generation_memory(model)
         d["device"] = str(model.device)
         d["dtype"] = str(model.dtype).replace("torch.", "")
     return out
+
+
+@torch.no_grad()
+def peak_generation_memory(model, tokens: int = 128) -> int | None:
+    """Peak device memory while generating `tokens` tokens, where the device reports it (CUDA); else None."""
+    if model.device.type != "cuda":
+        return None
+    torch.cuda.synchronize(model.device)
+    torch.cuda.reset_peak_memory_stats(model.device)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], device=model.device)
+    model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+    return torch.cuda.max_memory_allocated(model.device)
 
 
 def measure(model, folder: Path | None, ids: torch.Tensor | None, seq_len: int, text_name: str) -> dict:

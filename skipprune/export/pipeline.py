@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ..errors import OutputError, SkippruneError, VerificationError
 from ..prune.families import family_for
 from ..prune.plan import PrunePlan
@@ -85,7 +87,9 @@ def export(
     tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
     try:
         tmp.mkdir(parents=True)
-        write_shards(tmp, tensors, shard_bytes)
+        with tqdm(total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc="writing shards",
+                  disable=None, leave=False) as bar:  # fmt: skip
+            write_shards(tmp, tensors, shard_bytes, bar.update)
         _write_side_files(tmp, src, config, stock=plan.blocks_only)
         checks = {"structure": verify.verify_structure(tmp, tensors)}
         log(f"structure verified: {checks['structure']['tensors']} tensors as planned, kept bytes identical to the source")

@@ -82,15 +82,16 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int) -> dict[str, str]:
-    """Write all shards (and the index when there are several); returns the weight map name -> file."""
+def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int, progress=None) -> dict[str, str]:
+    """Write all shards (and the index when there are several); returns the weight map name -> file.
+    `progress(nbytes)` is called after each tensor."""
     shards = split_shards(tensors, max_bytes)
     names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
     fds: dict[Path, int] = {}
     try:
         for name, shard in zip(names, shards):
-            _write_one(folder / name, shard, fds)
+            _write_one(folder / name, shard, fds, progress)
             weight_map.update({t.name: name for t in shard})
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
@@ -116,7 +117,7 @@ def header_bytes(tensors: list[OutTensor]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int]) -> None:
+def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int], progress=None) -> None:
     head = header_bytes(tensors)
     with open(path, "wb") as out:
         out.write(head)
@@ -131,6 +132,8 @@ def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int]) -> No
             else:
                 os.pwrite(dst, _convert(t), pos)
             pos += t.nbytes
+            if progress:
+                progress(t.nbytes)
         os.ftruncate(dst, pos)
 
 
