@@ -19,7 +19,7 @@ from ..errors import VerificationError
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from .source import Source, index_tensors
-from .writer import OutTensor, _convert
+from .writer import OutTensor, convert_bytes
 
 _CHUNK = 16 << 20
 
@@ -38,7 +38,7 @@ def verify_structure(folder: Path, expected: list[OutTensor]) -> dict:
         for name, info in sorted(written.items(), key=lambda kv: (kv[1].file, kv[1].start)):
             t = want[name]
             if t.dtype != t.source.dtype:
-                same = _window(fds, info, 0, info.nbytes).tobytes() == _convert(t)
+                same = _window(fds, info, 0, info.nbytes).tobytes() == convert_bytes(t)
             else:
                 same = all(_same_chunk(fds, info, t.source, a) for a in range(0, info.nbytes, _CHUNK))
             if not same:

@@ -130,7 +130,7 @@ def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int], progr
                     fds[t.source.file] = os.open(t.source.file, os.O_RDONLY)
                 _copy_range(fds[t.source.file], t.source.start, dst, pos, t.nbytes)
             else:
-                os.pwrite(dst, _convert(t), pos)
+                os.pwrite(dst, convert_bytes(t), pos)
             pos += t.nbytes
             if progress:
                 progress(t.nbytes)
@@ -152,7 +152,7 @@ def _copy_range(src: int, src_pos: int, dst: int, dst_pos: int, count: int) -> N
         dst_pos += n
 
 
-def _convert(t: OutTensor) -> bytes:
+def convert_bytes(t: OutTensor) -> bytes:
     import torch
 
     dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
