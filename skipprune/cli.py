@@ -44,6 +44,9 @@ def main():
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
 @click.option("--revision", help="Hub branch, tag or commit of SOURCE.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
+@click.option("--adaptive-ffn", metavar="SETTINGS", is_flag=False, flag_value="default",
+              help="Input-adaptive FFN skipping in the exported model: 'default' or key=value,... with cold_start, "
+              "cold_end, sim_threshold, warmup_tokens, max_skips.")  # fmt: skip
 @click.option("--push-to", metavar="REPO_ID", help="Push OUTPUT to the Hub after a successful export.")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo as private.")
 @click.option(
@@ -53,7 +56,7 @@ def main():
     "Structure and bytes are always verified.",
 )
 def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, max_shard_size, dtype, revision, overwrite,
-           push_to, private, verify):  # fmt: skip
+           adaptive_ffn, push_to, private, verify):  # fmt: skip
     """Write OUTPUT: a copy of SOURCE (folder or Hub id) without the removed sublayers."""
     from .export.pipeline import export as run_export
 
@@ -69,6 +72,7 @@ def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, ma
         revision=revision,
         overwrite=overwrite,
         verify_numerics=verify,
+        adaptive_ffn=adaptive_ffn,
         log=lambda msg: click.echo(msg, err=True),
         command=shlex.join(["skipprune", *sys.argv[1:]]) if sys.argv[1:2] == ["export"] else None,
     )

@@ -103,6 +103,7 @@ def render_card(record: dict, results: dict | None, name: str) -> str:
         "Green: kept; red: removed; grey: whole block removed (one row per source layer, attention | MLP).\n\n"
         + "\n".join(rows),
         "## Scores\n\n" + _scores(results, record),
+        _adaptive_section(record.get("adaptive_ffn_skip")),
         "## Verification\n\nStructure: every tensor the model expects is present, none of the removed ones is, "
         f"and every kept tensor is byte-identical to the source.\nNumerics: {checked}.",
         f"## How to load\n\n{load_note}\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -112,6 +113,18 @@ def render_card(record: dict, results: dict | None, name: str) -> str:
         "## Citations\n\n" + "\n".join(f"- {c}" for c in CITATIONS),
     ]
     return "\n".join(meta) + "\n\n" + "\n\n".join(sections) + "\n"
+
+
+def _adaptive_section(settings: dict | None) -> str:
+    if not settings:
+        return "## Adaptive FFN skipping\n\nOff: every kept FFN runs for every token."
+    items = ", ".join(f"`{k}={v}`" for k, v in settings.items())
+    return (
+        "## Adaptive FFN skipping\n\nOn (FFN-SkipLLM, Jaiswal et al. 2024): during generation, after the warm-up "
+        "tokens and outside the cold first/last layers, the FFN of the next `max_skips` layers is skipped once "
+        f"cos(h, h + FFN(h)) reaches `sim_threshold`. Settings: {items}. After `generate()`, "
+        "`model.ffn_skip_stats` reports the skip ratio of that call."
+    )
 
 
 def _fmt(value, kind: str) -> str:

@@ -40,6 +40,7 @@ class ExportResult:
     bytes_out: int
     verification: dict = field(default_factory=dict)
     seconds: float = 0.0
+    adaptive_ffn: dict | None = None
 
 
 def export(
@@ -56,6 +57,7 @@ def export(
     revision: str | None = None,
     overwrite: bool = False,
     verify_numerics: bool | None = None,
+    adaptive_ffn: dict | str | None = None,
     log=print,
     card: bool = True,
     command: str | None = None,
@@ -63,12 +65,16 @@ def export(
     """Write a copy of `source` without the sublayers the plan removes.
 
     Give either a PrunePlan or SPEC strings (see skipprune.prune.plan). `verify_numerics=None` compares
-    logits against the bypassed source when both models fit comfortably in memory.
+    logits against the bypassed source when both models fit comfortably in memory. `adaptive_ffn` (settings
+    dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
+    may then be empty.
     """
     started = time.perf_counter()
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SkippruneError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     shard_bytes = parse_size(max_shard_size)
+    if isinstance(adaptive_ffn, str):
+        adaptive_ffn = surgery.parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
     src = open_source(str(source), revision)
     _check_output(out, src.path, overwrite)
@@ -77,11 +83,12 @@ def export(
         plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer)
     elif plan.num_layers != src.num_layers:
         raise SkippruneError(f"the plan is for {plan.num_layers} layers but the source has {src.num_layers}")
-    plan.validate()
+    plan.validate(allow_empty=adaptive_ffn is not None)
+    stock = plan.blocks_only and adaptive_ffn is None
     log(f"{src.id}: {family.model_type}, {src.num_layers} layers; {plan.describe()}")
 
     source_config = _with_layer_types(src.config) if family.derives_layer_types else src.config
-    config = surgery.output_config(source_config, plan, family, dtype)
+    config = surgery.output_config(source_config, plan, family, dtype, adaptive_ffn)
     tensors = surgery.map_tensors(src, plan, family, dtype)
     _clean_stale_partials(out)
     tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
@@ -90,7 +97,7 @@ def export(
         with tqdm(total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc="writing shards",
                   disable=None, leave=False) as bar:  # fmt: skip
             write_shards(tmp, tensors, shard_bytes, bar.update)
-        _write_side_files(tmp, src, config, stock=plan.blocks_only)
+        _write_side_files(tmp, src, config, stock=stock)
         checks = {"structure": verify.verify_structure(tmp, tensors)}
         log(f"structure verified: {checks['structure']['tensors']} tensors as planned, kept bytes identical to the source")
         if _should_check_numerics(verify_numerics, src):
@@ -106,8 +113,9 @@ def export(
             log(f"logits verified: max |diff| {checks['numerics']['max_abs_logit_diff']:.3g} vs the bypassed source")
         else:
             checks["numerics"] = "skipped" if verify_numerics is False else "skipped: model too large for memory"
-        result = ExportResult(out, plan, src, plan.blocks_only, src.nbytes, sum(t.nbytes for t in tensors), checks)
+        result = ExportResult(out, plan, src, stock, src.nbytes, sum(t.nbytes for t in tensors), checks)
         result.seconds = time.perf_counter() - started
+        result.adaptive_ffn = adaptive_ffn
         _write_json(tmp / PROVENANCE, provenance(result, dtype, command))
         if card:
             from ..cards.card import write_card
@@ -210,6 +218,7 @@ def provenance(result: ExportResult, dtype: str, command: str | None) -> dict:
         "plan": result.plan.to_dict(),
         "architecture": "stock" if result.stock else "skipprune",
         "dtype": dtype,
+        "adaptive_ffn_skip": result.adaptive_ffn,
         "bytes": {"source": result.bytes_in, "output": result.bytes_out},
         "verification": result.verification,
         "command": command,

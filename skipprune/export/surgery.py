@@ -60,13 +60,35 @@ def stock_config(source_config: dict, plan: PrunePlan) -> dict:
     return config
 
 
-def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: str) -> dict:
-    """config.json of the output: the stock family when only whole blocks go, else the skipprune wrapper."""
+ADAPTIVE_DEFAULTS = {"cold_start": 2, "cold_end": 2, "sim_threshold": 0.99, "warmup_tokens": 5, "max_skips": 2}
+
+
+def parse_adaptive(text: str | None) -> dict | None:
+    """'default' or 'key=value,...' (unspecified keys take ADAPTIVE_DEFAULTS) -> settings; None stays None."""
+    from ..errors import PlanError
+
+    if text is None:
+        return None
+    settings = dict(ADAPTIVE_DEFAULTS)
+    for item in [] if text.strip() in ("", "default") else text.split(","):
+        key, _, value = item.strip().partition("=")
+        if key not in settings or not value:
+            raise PlanError(f"bad --adaptive-ffn item {item!r}: use key=value with keys {', '.join(settings)}")
+        try:
+            settings[key] = float(value) if key == "sim_threshold" else int(value)
+        except ValueError:
+            raise PlanError(f"bad --adaptive-ffn value {item!r}: {key} takes a number") from None
+    return settings
+
+
+def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: str, adaptive: dict | None = None) -> dict:
+    """config.json of the output: the stock family when only whole blocks go (and no adaptive FFN skipping),
+    else the skipprune wrapper."""
     text = stock_config(source_config, plan)
     if dtype != "auto":
         text["dtype"] = dtype
         text.pop("torch_dtype", None)
-    if plan.blocks_only:
+    if plan.blocks_only and adaptive is None:
         return text
     layers = plan.layers
     return {
@@ -79,6 +101,9 @@ def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: s
         "source_num_hidden_layers": plan.num_layers,
         "attention_modules": list(family.attention),
         "mlp_modules": list(family.mlp),
+        "mlp_input_module": family.mlp_in,
+        "mlp_output_module": family.mlp_out,
+        "adaptive_ffn_skip": adaptive,
         "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
         "dtype": text.get("dtype") or text.get("torch_dtype"),
         "text_config": {k: v for k, v in text.items() if k not in ("architectures", "auto_map", "transformers_version")},

@@ -32,6 +32,12 @@ class Family:
         return self.mlp[-1] if self.post_norms else self.mlp[0]
 
     @property
+    def mlp_in(self) -> str:
+        """The child that first receives the residual stream entering the MLP (its pre-norm, if any)."""
+        pre = [n for n in self.mlp[1:] if n != self.mlp_out]
+        return pre[0] if pre else self.mlp[0]
+
+    @property
     def post_norms(self) -> bool:
         return self.attention[-1].startswith("post_")
 

@@ -151,8 +151,8 @@ class PrunePlan:
     def output_index(self, source: int) -> int | None:
         return next((layer.output for layer in self.layers if layer.source == source), None)
 
-    def validate(self) -> PrunePlan:
-        if not self.drop_attention and not self.drop_mlp:
+    def validate(self, allow_empty: bool = False) -> PrunePlan:
+        if not self.drop_attention and not self.drop_mlp and not allow_empty:
             raise PlanError("empty plan: nothing to remove; pass --drop-attn, --drop-mlp or --drop-blocks")
         bad = [i for i in self.drop_attention | self.drop_mlp if not 0 <= i < self.num_layers]
         if bad:

@@ -25,6 +25,12 @@ class SkipPruneConfig(PreTrainedConfig):
     # that only it uses. Removed children are replaced by parameter-free stubs.
     attention_modules: list[str] | None = None
     mlp_modules: list[str] | None = None
+    # The children receiving the residual stream entering the MLP, and producing its contribution.
+    mlp_input_module: str | None = None
+    mlp_output_module: str | None = None
+    # Input-adaptive FFN skipping (FFN-SkipLLM); None: off, and the model computes exactly as without it.
+    # Keys: cold_start, cold_end (first / last layers never skipped), sim_threshold, warmup_tokens, max_skips.
+    adaptive_ffn_skip: dict | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -40,6 +46,10 @@ class SkipPruneConfig(PreTrainedConfig):
         # transformers' caches put an empty DummyLayer where kv_sharing_modes says "reuse": layers without
         # attention then hold no KV bytes, and length/mask lookups skip them.
         self.text_config.kv_sharing_modes = [None if a else "reuse" for a in self.layer_has_attention]
+        if self.adaptive_ffn_skip is not None:
+            keys = {"cold_start", "cold_end", "sim_threshold", "warmup_tokens", "max_skips"}
+            if set(self.adaptive_ffn_skip) != keys:
+                raise ValueError(f"skipprune: adaptive_ffn_skip needs exactly the keys {sorted(keys)}")
 
 
 __all__ = ["SkipPruneConfig"]

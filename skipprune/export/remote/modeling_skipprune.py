@@ -66,7 +66,20 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
             if not has_mlp:
                 _remove(block, config.mlp_modules, returns_attention_weights=False)
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
+        self.ffn_skip = FFNSkipState(config, self.model) if config.adaptive_ffn_skip is not None else None
+        self.ffn_skip_stats = None
         self.post_init()
+
+    def generate(self, *args, **kwargs):
+        """As usual; with adaptive FFN skipping, `self.ffn_skip_stats` then says how many FFN blocks this call
+        skipped out of how many it could have skipped."""
+        if self.ffn_skip is None:
+            return super().generate(*args, **kwargs)
+        self.ffn_skip.skipped = self.ffn_skip.eligible = 0
+        out = super().generate(*args, **kwargs)
+        s = self.ffn_skip
+        self.ffn_skip_stats = {"skipped": s.skipped, "eligible": s.eligible, "ratio": s.skipped / max(1, s.eligible)}
+        return out
 
     def get_decoder(self):
         return self.model
@@ -107,6 +120,71 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
             hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
+
+
+class FFNSkipState:
+    """Input-adaptive FFN skipping (Jaiswal et al. 2024, Algorithm 1), during cached decoding only.
+
+    For each generated token after `warmup_tokens`, walking the layers outside the first `cold_start` and last
+    `cold_end`: compute cos(h, h + FFN(h)) on the residual stream h; once it reaches `sim_threshold`, skip the
+    FFN of the next `max_skips` eligible layers, then check again. Attention always runs, so the KV cache is
+    untouched. Batches share one decision: a layer's FFN is skipped only when every sequence's cosine reached
+    the threshold (each decode step holds one real token per sequence, so padding never votes). Prompts
+    (prefill, more than one token) are always computed in full.
+    """
+
+    def __init__(self, config, model):
+        s = config.adaptive_ffn_skip
+        self.threshold, self.warmup, self.max_skips = float(s["sim_threshold"]), int(s["warmup_tokens"]), int(s["max_skips"])
+        n = len(model.layers)
+        self.layers = {
+            i for i in range(int(s["cold_start"]), n - int(s["cold_end"])) if config.layer_has_mlp[i]
+        }
+        self.tokens = self.remaining = self.skipped = self.eligible = 0
+        self.active, self.h = False, None
+        model.register_forward_pre_hook(self._new_step, with_kwargs=True)
+        for i in sorted(self.layers):
+            block = model.layers[i]
+            getattr(block, config.mlp_input_module).register_forward_pre_hook(self._keep_residual)
+            post = None if config.mlp_output_module == config.mlp_modules[0] else getattr(block, config.mlp_output_module)
+            _make_adaptive(getattr(block, config.mlp_modules[0]), post, self)
+
+    def _new_step(self, module, args, kwargs):
+        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        if x is None and args:
+            x = args[0]
+        if x.shape[1] > 1 or kwargs.get("past_key_values") is None:
+            self.tokens, self.active = 0, False  # a prompt: computed in full
+        else:
+            self.tokens += 1
+            self.active = self.tokens > self.warmup
+        self.remaining = 0
+
+    def _keep_residual(self, module, args):
+        self.h = args[0]
+
+
+def _make_adaptive(mlp: nn.Module, post_norm: nn.Module | None, state: FFNSkipState) -> None:
+    """Give `mlp` a forward that the shared state may skip for the current token. The module itself (and so
+    every weight name) stays as it is."""
+    compute = mlp.forward
+
+    def forward(x):
+        if not state.active:
+            return compute(x)
+        state.eligible += 1
+        if state.remaining > 0:
+            state.remaining -= 1
+            state.skipped += 1
+            return torch.zeros_like(x)
+        out = compute(x)
+        delta = out if post_norm is None else post_norm(out)
+        cos = torch.nn.functional.cosine_similarity(state.h.float(), (state.h + delta).float(), dim=-1)
+        if bool(cos.min() >= state.threshold):
+            state.remaining = state.max_skips
+        return out
+
+    mlp.forward = forward
 
 
 def _remove(block: nn.Module, names: list, returns_attention_weights: bool) -> None:
