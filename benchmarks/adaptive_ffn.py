@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import skipprune  # noqa: E402
+from skipprune.cards.scores import interleaved_decode  # noqa: E402
 from skipprune.demo import HELDOUT, MODEL  # noqa: E402
 
 NEVER = {"cold_start": 0, "cold_end": 0, "sim_threshold": 2.0, "warmup_tokens": 5, "max_skips": 1}
@@ -72,18 +71,6 @@ def random_skipping(model, layers: list[int], ratio: float, warmup: int, seed: i
         mlp.forward = forward
 
 
-def decode_speed(models: list, repeats: int = 5) -> list[float]:
-    ids = torch.tensor([[5, 17, 42, 9, 77, 3, 11, 64]])
-    rates: list[list[float]] = [[] for _ in models]
-    for r in range(repeats + 1):
-        for k, m in enumerate(models):
-            start = time.perf_counter()
-            m.generate(ids, max_new_tokens=128, min_new_tokens=128, do_sample=False, pad_token_id=0)
-            if r:
-                rates[k].append(128 / (time.perf_counter() - start))
-    return [statistics.median(x) for x in rates]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--windows", type=int, default=12)
@@ -115,7 +102,7 @@ def main() -> None:
             rnd_ppl, _ = teacher_forced(rnd, windows, args.prompt)
             speed = ""
             if cold == (2, 2):
-                fast, slow = decode_speed([model, full])
+                fast, slow = interleaved_decode([model, full], repeats=5)
                 speed = f"{fast:.1f} ({fast / slow:.2f}x)"
             print(f"| {threshold} | {'first/last 2' if cold[0] else 'none'} | {ratio:.1%} | {ppl:.2f} | {rnd_ppl:.2f} | {speed} |")
 

@@ -92,10 +92,9 @@ def card(output, results_path):
     import shutil
     from pathlib import Path
 
-    from .cards.card import write_card
+    from .cards.card import load_records, write_card
 
-    if not (Path(output) / "skipprune.json").is_file():
-        raise SkippruneError(f"{output} has no skipprune.json; point at a folder written by `skipprune export`")
+    load_records(Path(output))  # a clear error before anything is copied in
     if results_path:
         shutil.copyfile(results_path, Path(output) / "results.json")
     click.echo(write_card(Path(output)))

@@ -36,7 +36,6 @@ def test_block_cosine_matches_hidden_states(family, family_sources):
     for i in range(n - 1):
         want = torch.cat([torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1).flatten() for hs in per_window]).mean()
         assert imp.block_cos[i] == pytest.approx(want.item(), abs=1e-5)
-    # Attention + MLP decomposition: the block moves the stream at least as much as... each cosine is a cosine.
     assert all(-1 <= c <= 1 for c in imp.attention_cos + imp.mlp_cos + imp.block_cos)
     assert imp.tokens == 3 * 16 and len(imp.angular[1]) == n and len(imp.angular[n]) == 1
     assert imp.angular[1][0] == pytest.approx(torch.arccos(torch.tensor(imp.block_cos[0])).item() / torch.pi, abs=0.05)

@@ -156,3 +156,13 @@ def test_hub_not_found_and_no_network(tmp_path):
     assert_clean_failure(proc, "could not reach the Hub", tmp_path / "o")
     proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1", env={**env, "HF_HUB_OFFLINE": "1"})
     assert_clean_failure(proc, "could not reach the Hub", tmp_path / "o")
+
+
+def test_other_commands_on_broken_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    assert_clean_failure(run("eval", tmp_path / "empty", "--no-speed"), "no config.json")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "skipprune.json").write_text("{broken")
+    assert_clean_failure(run("card", tmp_path / "export"), "skipprune.json: unreadable")
+    (tmp_path / "empty" / "config.json").write_text("[1, 2]")
+    assert_clean_failure(run("eval", tmp_path / "empty", "--no-speed"), "not a JSON object")

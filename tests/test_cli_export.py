@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -73,8 +74,6 @@ def test_kill_9_never_leaves_a_complete_looking_output(family_sources, tmp_path)
             assert record["verification"]["structure"]["tensors"] == len(index_tensors(out))
             assert AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True) is not None
             assert len(list(out.iterdir())) == 8
-            import shutil
-
             shutil.rmtree(out)
         else:
             outcomes.add("absent")

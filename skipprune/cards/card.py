@@ -197,12 +197,25 @@ def _scores(results: dict | None, record: dict) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes)
 
 
+def load_records(folder: Path) -> tuple[dict, dict | None]:
+    """(skipprune.json, results.json or None) of an export folder, or a one-line error."""
+    from ..errors import SkippruneError
+
+    def read(name: str) -> dict:
+        try:
+            return json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise SkippruneError(f"{folder / name}: unreadable ({e}); export again or restore the file") from None
+
+    if not (folder / "skipprune.json").is_file():
+        raise SkippruneError(f"{folder} has no skipprune.json; point at a folder written by `skipprune export`")
+    return read("skipprune.json"), read("results.json") if (folder / "results.json").is_file() else None
+
+
 def write_card(folder: Path, name: str | None = None) -> Path:
     """(Re)write README.md from skipprune.json and, when present, results.json."""
     folder = Path(folder)
-    record = json.loads((folder / "skipprune.json").read_text(encoding="utf-8"))
-    results_file = folder / "results.json"
-    results = json.loads(results_file.read_text(encoding="utf-8")) if results_file.is_file() else None
+    record, results = load_records(folder)
     from .diagram import write_png
 
     write_png(PrunePlan.from_dict(record["plan"]), folder / "layers.png")

@@ -6,12 +6,11 @@ with trust_remote_code (it is our code); any other model's own code runs only wi
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from ..errors import SkippruneError
-from ..export.source import index_tensors, resolve_folder
+from ..export.source import index_tensors, read_config, resolve_folder
 from ..export.surgery import REMOTE_DIR, REMOTE_FILES
 from . import scores
 
@@ -37,11 +36,12 @@ def pick_device(device: str) -> str:
 
 
 def prepare(ref: str, device: str, trust_remote_code: bool = False, revision: str | None = None):
-    """Everything but the weights: (folder, trust, tokenizer); refuses foreign code and models that won't fit."""
+    """Everything but the weights: (folder, trust, tokenizer, config); refuses foreign code and models that
+    won't fit."""
     from transformers import AutoTokenizer
 
     folder, _ = resolve_folder(ref, revision)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8")) if (folder / "config.json").is_file() else {}
+    config = read_config(folder, ref)
     needs_code = "auto_map" in config
     trust = trust_remote_code or (needs_code and is_own_export(folder))
     if needs_code and not trust:
@@ -53,7 +53,7 @@ def prepare(ref: str, device: str, trust_remote_code: bool = False, revision: st
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         raise SkippruneError(f"cannot load the tokenizer of {ref}: {str(e).splitlines()[0]}") from None
-    return folder, trust, tokenizer
+    return folder, trust, tokenizer, config
 
 
 def load_model(folder: Path, trust: bool, device: str):
@@ -112,8 +112,7 @@ def read_text(text: str | None) -> tuple[str, str]:
     return content, f"file {path.name}"
 
 
-def _max_positions(folder: Path) -> int:
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+def _max_positions(config: dict) -> int:
     config = config.get("text_config", config)
     return int(config.get("max_position_embeddings") or 2048)
 
@@ -138,17 +137,17 @@ def evaluate(
         check_available()
     device = pick_device(device)
     content, name = read_text(text)
-    max_len = _max_positions(resolve_folder(model)[0])
+    prepared = [prepare(ref, device, trust_remote_code) for ref in (model, baseline) if ref]
+    max_len = _max_positions(prepared[0][3])
     seq_len = seq_len or min(2048, max_len)
     if not 2 <= seq_len <= max_len:
         raise SkippruneError(f"--seq-len {seq_len} must be between 2 and the model's maximum, {max_len}")
-    prepared = [prepare(ref, device, trust_remote_code) for ref in (model, baseline) if ref]
     ids = torch.tensor(prepared[0][2](content)["input_ids"])
     if len(ids) < seq_len:
         raise SkippruneError(
             f"the text has {len(ids)} tokens, fewer than one window of {seq_len}; use a longer text or --seq-len"
         )
-    loaded = [(load_model(folder, trust, device), tok, folder) for folder, trust, tok in prepared]
+    loaded = [(load_model(folder, trust, device), tok, folder) for folder, trust, tok, _ in prepared]
     measured = []
     for m, _, folder in loaded:
         log(f"measuring {folder.name}: perplexity over {len(ids) // seq_len} windows of {seq_len} tokens ...")

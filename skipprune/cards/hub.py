@@ -8,7 +8,6 @@ objects by hash) are not sent twice.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import SkippruneError
@@ -65,8 +64,6 @@ def _card_for(folder: Path, repo_id: str) -> bytes | None:
     """The card re-rendered with the repo id as the model name, if this is a skipprune export."""
     if not (folder / "skipprune.json").is_file():
         return None
-    from .card import render_card
+    from .card import load_records, render_card
 
-    record = json.loads((folder / "skipprune.json").read_text(encoding="utf-8"))
-    results = json.loads((folder / "results.json").read_text(encoding="utf-8")) if (folder / "results.json").is_file() else None
-    return render_card(record, results, repo_id).encode()
+    return render_card(*load_records(folder), repo_id).encode()

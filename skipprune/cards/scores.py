@@ -94,17 +94,14 @@ def interleaved_latency(models: list, batch: int, length: int, repeats: int = 7)
 def interleaved_decode(models: list, tokens: int = 128, repeats: int = 3) -> list[float]:
     """Median greedy decode speed (tokens/s) of a `tokens`-token generation from a short prompt."""
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
-    rates: list[list[float]] = [[] for _ in models]
-    for r in range(repeats + 1):
-        for k, model in enumerate(models):
-            kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
-            _sync(model)
-            start = time.perf_counter()
-            model.generate(ids.to(model.device), **kw)
-            _sync(model)
-            if r:
-                rates[k].append(tokens / (time.perf_counter() - start))
-    return [statistics.median(x) for x in rates]
+    kw = dict(max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
+
+    def run(model):
+        model.generate(ids.to(model.device), **kw)
+        _sync(model)
+
+    seconds = alternating_medians([lambda m=m: run(m) for m in models], repeats)
+    return [tokens / s for s in seconds]
 
 
 def _sync(model) -> None:

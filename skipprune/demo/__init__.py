@@ -34,9 +34,9 @@ def run_demo(output: Path, overwrite: bool = False, seq_len: int = 256, log=prin
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..cards.card import write_card
+    from ..cards.card import load_records, write_card
     from ..cards.scores import measure, results, speed
-    from ..export.pipeline import PROVENANCE, export
+    from ..export.pipeline import export
 
     output = Path(output).absolute()
     if output.exists() and not overwrite:
@@ -56,7 +56,7 @@ def run_demo(output: Path, overwrite: bool = False, seq_len: int = 256, log=prin
     report = results(output.name, after, before, "skipprune demo model (bundled)")
     (output / "results.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     write_card(output)
-    record = json.loads((output / PROVENANCE).read_text(encoding="utf-8"))
+    record, _ = load_records(output)
     samples = {"source": generate_line(source, tokenizer), "pruned": generate_line(pruned, tokenizer)}
     _summary(result, before, after, samples, record, log)
     return report

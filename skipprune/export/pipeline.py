@@ -12,7 +12,6 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +38,6 @@ class ExportResult:
     bytes_in: int
     bytes_out: int
     verification: dict = field(default_factory=dict)
-    seconds: float = 0.0
     adaptive_ffn: dict | None = None
 
 
@@ -69,7 +67,6 @@ def export(
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
     may then be empty.
     """
-    started = time.perf_counter()
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         raise SkippruneError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
     shard_bytes = parse_size(max_shard_size)
@@ -113,9 +110,7 @@ def export(
             log(f"logits verified: max |diff| {checks['numerics']['max_abs_logit_diff']:.3g} vs the bypassed source")
         else:
             checks["numerics"] = "skipped" if verify_numerics is False else "skipped: model too large for memory"
-        result = ExportResult(out, plan, src, stock, src.nbytes, sum(t.nbytes for t in tensors), checks)
-        result.seconds = time.perf_counter() - started
-        result.adaptive_ffn = adaptive_ffn
+        result = ExportResult(out, plan, src, stock, src.nbytes, sum(t.nbytes for t in tensors), checks, adaptive_ffn)
         _write_json(tmp / PROVENANCE, provenance(result, dtype, command))
         if card:
             from ..cards.card import write_card

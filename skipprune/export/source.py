@@ -67,16 +67,24 @@ class Source:
 def open_source(source: str, revision: str | None = None) -> Source:
     """Resolve SOURCE (folder or Hub id) and index its tensors without reading their bytes."""
     folder, sha = resolve_folder(source, revision)
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise SourceError(f"{source}: no config.json in the folder; point SOURCE at a Hugging Face model folder")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise SourceError(f"{config_path}: not readable JSON ({e}); restore config.json from the original model") from None
-    if not isinstance(config, dict) or "num_hidden_layers" not in config:
-        raise SourceError(f"{config_path}: no num_hidden_layers; this does not look like a decoder LM config")
+    config = read_config(folder, source)
+    if "num_hidden_layers" not in config:
+        raise SourceError(f"{folder / 'config.json'}: no num_hidden_layers; this does not look like a decoder LM config")
     return Source(folder, source, sha, config, index_tensors(folder))
+
+
+def read_config(folder: Path, label: str) -> dict:
+    """config.json of a model folder as a dict, or a one-line error saying what is wrong with it."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise SourceError(f"{label}: no config.json in the folder; point at a Hugging Face model folder")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{path}: not readable JSON ({e}); restore config.json from the original model") from None
+    if not isinstance(config, dict):
+        raise SourceError(f"{path}: not a JSON object; restore config.json from the original model")
+    return config
 
 
 def resolve_folder(source: str, revision: str | None = None) -> tuple[Path, str | None]:

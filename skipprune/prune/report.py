@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import SkippruneError
@@ -24,8 +23,7 @@ def load_stock(model_ref: str, device: str = "auto", trust_remote_code: bool = F
     """(model, tokenizer, family) for a stock model of a supported family, refused before loading otherwise."""
     from ..cards.evaluate import load_model, prepare
 
-    folder, trust, tokenizer = prepare(model_ref, device, trust_remote_code)
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    folder, trust, tokenizer, config = prepare(model_ref, device, trust_remote_code)
     if config.get("model_type") == "skipprune":
         raise SkippruneError(f"{model_ref} is already a skipprune export; use the source model instead")
     family = family_for(config.get("model_type"))

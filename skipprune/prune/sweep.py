@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from ..cards import scores
-from ..export.remote.modeling_skipprune import RemovedSublayer
+from ..export.remote.modeling_skipprune import _remove
 from .families import Family
 from .plan import PrunePlan
 
@@ -23,17 +23,12 @@ KINDS = ("attention", "mlp", "blocks")
 def removed_in_place(model, plan: PrunePlan, family: Family):
     """Within the block, `model` computes what the export of `plan` computes. A removed block keeps its slot
     with both sublayers stubbed (the residual passes through unchanged), so per-layer config lists stay valid."""
-    from torch import nn
-
     saved = []
     for i, layer in enumerate(model.model.layers):
         for names, gone, is_attn in ((family.attention, plan.drop_attention, True), (family.mlp, plan.drop_mlp, False)):
             if i in gone:
-                compute, *norms = names
                 saved += [(layer, n, getattr(layer, n)) for n in names]
-                setattr(layer, compute, RemovedSublayer(returns_attention_weights=is_attn))
-                for n in norms:
-                    setattr(layer, n, nn.Identity())
+                _remove(layer, list(names), returns_attention_weights=is_attn)
     try:
         yield model
     finally:
