@@ -1,9 +1,9 @@
 """Train the bundled demo model: a small Llama on Tiny Shakespeare (seeded, CPU, ~20 minutes on 2 cores).
 
-    python scripts/train_demo.py [--steps 900] [--out skipprune/demo/model]
+    python scripts/train_demo.py [--steps 900] [--out skipprune/data/demo-model]
 
 The text is split once, at a line boundary: the first 90 % trains the tokenizer and the model, the last 10 %
-(skipprune/demo/heldout.txt) is never seen in training and serves perplexity measurements.
+(skipprune/data/heldout.txt) is never seen in training and serves perplexity measurements.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=HERE.parent / "skipprune" / "demo" / "model")
+    ap.add_argument("--out", type=Path, default=HERE.parent / "skipprune" / "data" / "demo-model")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)

@@ -1,12 +1,31 @@
-"""skipprune: physically delete attention sublayers, MLP sublayers or whole blocks from a Hugging Face
-causal LM, and write a smaller checkpoint that loads with transformers and computes exactly what the
-original computes with those parts bypassed."""
+"""skipprune: physically delete attention sublayers, MLP sublayers or whole blocks from a Hugging Face causal
+LM, and write a smaller checkpoint that loads with transformers and computes exactly what the original
+computes with those parts bypassed.
 
-__version__ = "0.1.0"
+The stages import one way: errors <- prune <- records <- cards <- export <- measure <- demo / cli.
+Progress is reported through the `skipprune` logger (the CLI prints it to stderr).
+"""
 
-from .errors import SkippruneError  # noqa: E402
-from .export.pipeline import ExportResult, export  # noqa: E402
-from .prune.families import FAMILIES  # noqa: E402
-from .prune.plan import PrunePlan  # noqa: E402
+from .cards.hub import push
+from .errors import SkippruneError
+from .export.pipeline import ExportResult, export
+from .measure.evaluate import analyze, evaluate, sweep
+from .prune.families import FAMILIES
+from .prune.plan import PrunePlan
+from .records import ExportRecord, Results
+from .version import __version__
 
-__all__ = ["FAMILIES", "ExportResult", "PrunePlan", "SkippruneError", "export", "__version__"]
+__all__ = [
+    "FAMILIES",
+    "ExportRecord",
+    "ExportResult",
+    "PrunePlan",
+    "Results",
+    "SkippruneError",
+    "__version__",
+    "analyze",
+    "evaluate",
+    "export",
+    "push",
+    "sweep",
+]

@@ -1,36 +1,123 @@
 """The `skipprune` command: a thin shell over the Python API.
 
-Errors a user can fix are printed as one line (`error: ...`) with exit status 1; usage errors exit 2.
+Exit status: 0 success; 1 an error skipprune reports (bad input, environment, a failed check), printed as
+one line `error: ...` saying what is wrong and how to fix it; 2 a malformed command line (unknown option,
+a value of the wrong type), also one line; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Progress goes
+to stderr, results to stdout. Every argument and output path is checked before any model is loaded.
 """
 
 from __future__ import annotations
 
-import shlex
+import json
+import logging
+import os
 import sys
+from pathlib import Path
 
 import click
 
-from .errors import SkippruneError
+from .errors import SkippruneError, describe
 
 SPEC_HELP = "SPEC: last:N, last:P% or indices/ranges like 20-31,5 (0-based, source numbering)"
 
 
 class _Group(click.Group):
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            _fail("interrupted", 130)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
+            _fail(f"{e.format_message()}{hint}", 2)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except SkippruneError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            _fail(str(e), 1)
         except KeyboardInterrupt:
-            click.echo("interrupted (an unfinished export leaves no OUTPUT behind)", err=True)
-            sys.exit(130)
+            _fail("interrupted (an unfinished export leaves no OUTPUT behind)", 130)
+        except Exception as e:
+            if os.environ.get("SKIPPRUNE_DEBUG"):
+                raise
+            _fail(f"internal error ({describe(e)}); please report this (SKIPPRUNE_DEBUG=1 shows the traceback)", 1)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Progress(logging.Handler):
+    def emit(self, record):
+        click.echo(record.getMessage(), err=True)
+
+
+class OutputFile(click.ParamType):
+    """A file to write later: its folder must exist and be writable now, before minutes of work."""
+
+    name = "PATH"
+
+    def convert(self, value, param, ctx):
+        path = Path(value).expanduser()
+        if path.is_dir():
+            self.fail(f"{value} is a folder; give a file path", param, ctx)
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            self.fail(f"the folder of {value} does not exist; create it first", param, ctx)
+        if not os.access(parent, os.W_OK):
+            self.fail(f"cannot write into {parent}", param, ctx)
+        return path
+
+
+def _options(*decorators):
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return apply
+
+
+text_option = click.option("--text", metavar="FILE", help="Text to measure on: a file, 'bundled' (default) or 'wikitext2'.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+trust_option = click.option(
+    "--trust-remote-code", is_flag=True, help="Allow the models' own code (an export's own is always allowed)."
+)
+json_option = click.option("--json", "json_path", type=OutputFile(), help="Write the results JSON here.")
+plot_option = click.option("--plot", "plot_path", type=OutputFile(), help="Write a PNG plot here.")
+tasks_options = _options(
+    click.option("--tasks", metavar="LIST", help="lm-eval tasks, comma separated: names or task YAML paths."),
+    click.option("--limit", type=click.IntRange(min=1), help="At most this many examples per task (quick runs)."),
+)
+speed_option = click.option(
+    "--speed/--no-speed", default=True, show_default=True, help="Measure 1-token latency and decode speed."
+)
+
+
+def _task_list(tasks: str | None) -> list[str]:
+    return [t.strip() for t in (tasks or "").split(",") if t.strip()]
+
+
+def _write_json(path: Path | None, data) -> None:
+    if path:
+        from .system import write_text_durably
+
+        write_text_durably(path, json.dumps(data, indent=2) + "\n")
+        click.echo(f"written to {path}", err=True)
 
 
 @click.group(cls=_Group)
 @click.version_option(package_name="skipprune")
 def main():
     """Physically delete attention sublayers, MLP sublayers or whole blocks from a Hugging Face causal LM."""
+    logger = logging.getLogger("skipprune")
+    if not any(isinstance(h, _Progress) for h in logger.handlers):
+        logger.addHandler(_Progress())
+    logger.setLevel(logging.INFO)
 
 
 @main.command()
@@ -44,9 +131,14 @@ def main():
 @click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
 @click.option("--revision", help="Hub branch, tag or commit of SOURCE.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
-@click.option("--adaptive-ffn", metavar="SETTINGS", is_flag=False, flag_value="default",
-              help="Input-adaptive FFN skipping in the exported model: 'default' or key=value,... with cold_start, "
-              "cold_end, sim_threshold, warmup_tokens, max_skips.")  # fmt: skip
+@click.option(
+    "--adaptive-ffn",
+    metavar="SETTINGS",
+    is_flag=False,
+    flag_value="default",
+    help="Input-adaptive FFN skipping in the exported model: 'default' or key=value,... with cold_start, "
+    "cold_end, sim_threshold, warmup_tokens, max_skips.",
+)
 @click.option("--push-to", metavar="REPO_ID", help="Push OUTPUT to the Hub after a successful export.")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo as private.")
 @click.option(
@@ -55,49 +147,42 @@ def main():
     help="Compare logits against the bypassed source (default: when the model fits in memory). "
     "Structure and bytes are always verified.",
 )
-def export(source, output, drop_attn, drop_mlp, drop_blocks, keep_last_layer, max_shard_size, dtype, revision, overwrite,
-           adaptive_ffn, push_to, private, verify):  # fmt: skip
+def export(source, output, push_to, private, verify, **options):
     """Write OUTPUT: a copy of SOURCE (folder or Hub id) without the removed sublayers."""
     from .export.pipeline import export as run_export
 
-    run_export(
-        source,
-        output,
-        drop_attn=drop_attn,
-        drop_mlp=drop_mlp,
-        drop_blocks=drop_blocks,
-        keep_last_layer=keep_last_layer,
-        max_shard_size=max_shard_size,
-        dtype=dtype,
-        revision=revision,
-        overwrite=overwrite,
-        verify_numerics=verify,
-        adaptive_ffn=adaptive_ffn,
-        log=lambda msg: click.echo(msg, err=True),
-        command=shlex.join(["skipprune", *sys.argv[1:]]) if sys.argv[1:2] == ["export"] else None,
-    )
+    if push_to:
+        from .cards.hub import check_push
+
+        check_push(push_to)  # a bad repo id or a missing token fails before the export, not after it
+    run_export(source, output, verify_numerics=verify, **options)
     click.echo(output)
     if push_to:
         from .cards.hub import push as run_push
 
-        click.echo(run_push(output, push_to, private=private, log=lambda m: click.echo(m, err=True)))
+        click.echo(run_push(output, push_to, private=private))
 
 
 @main.command()
 @click.argument("output", type=click.Path(exists=True, file_okay=False))
-@click.option("--results", "results_path", type=click.Path(exists=True, dir_okay=False),
-              help="A results JSON from `skipprune eval --json`, copied into OUTPUT as results.json.")  # fmt: skip
+@click.option(
+    "--results",
+    "results_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="A results JSON from `skipprune eval --json`, checked, then saved into OUTPUT as results.json.",
+)
 def card(output, results_path):
     """(Re)write OUTPUT/README.md (and layers.png) from its skipprune.json and results."""
-    import shutil
-    from pathlib import Path
+    from .cards.card import write_card
+    from .records import RESULTS_FILE, ExportRecord, Results
 
-    from .cards.card import load_records, write_card
-
-    load_records(Path(output))  # a clear error before anything is copied in
+    folder = Path(output)
+    record = ExportRecord.load(folder)  # both records are checked before the folder is touched
+    results_file = Path(results_path) if results_path else folder / RESULTS_FILE
+    results = Results.load(results_file) if results_file.is_file() else None
     if results_path:
-        shutil.copyfile(results_path, Path(output) / "results.json")
-    click.echo(write_card(Path(output)))
+        results.save(folder / RESULTS_FILE)
+    click.echo(write_card(folder, record, results))
 
 
 @main.command()
@@ -110,102 +195,110 @@ def push(output, repo_id, private, revision, commit_message):
     """Upload OUTPUT to the Hugging Face Hub as REPO_ID (token: HF_TOKEN or `hf auth login`)."""
     from .cards.hub import push as run_push
 
-    click.echo(run_push(output, repo_id, private, revision, commit_message, log=lambda m: click.echo(m, err=True)))
+    click.echo(run_push(output, repo_id, private, revision, commit_message))
 
 
 @main.command("eval")
 @click.argument("model")
 @click.option("--baseline", metavar="SOURCE", help="Measure this model too, in the same run, and report ratios.")
-@click.option("--text", metavar="FILE", help="Perplexity text: a file, 'bundled' (default) or 'wikitext2'.")
-@click.option("--seq-len", type=int, help="Perplexity window (default: min(2048, the model's maximum)).")
-@click.option("--tasks", metavar="LIST", help="lm-eval tasks, comma separated: names or task YAML paths.")
-@click.option("--limit", type=int, help="At most this many examples per task (quick runs).")
-@click.option("--speed/--no-speed", default=True, show_default=True, help="Measure 1-token latency and decode speed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the results JSON here.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow the models' own code (an export's own is always allowed).")
+@text_option
+@click.option("--seq-len", type=click.IntRange(min=2), help="Perplexity window (default: min(2048, the model's maximum)).")
+@tasks_options
+@speed_option
+@device_option
+@json_option
+@trust_option
 def eval_(model, baseline, text, seq_len, tasks, limit, speed, device, json_path, trust_remote_code):
     """Measure MODEL (folder or Hub id): perplexity, size, KV cache, speed, and lm-eval tasks when asked."""
-    import json
+    from .measure.evaluate import evaluate, table
 
-    from .cards.evaluate import evaluate, table
-
-    res = evaluate(
-        model, baseline, text=text, seq_len=seq_len, speed=speed, device=device, trust_remote_code=trust_remote_code,
-        tasks=[t for t in (tasks or "").split(",") if t], limit=limit, log=lambda m: click.echo(m, err=True),
-    )  # fmt: skip
-    click.echo(table(res))
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(res, f, indent=2)
-            f.write("\n")
-        click.echo(f"results written to {json_path}", err=True)
+    results = evaluate(
+        model,
+        baseline,
+        text=text,
+        seq_len=seq_len,
+        speed=speed,
+        device=device,
+        trust_remote_code=trust_remote_code,
+        tasks=_task_list(tasks),
+        limit=limit,
+    )
+    click.echo(table(results))
+    _write_json(json_path, results.to_dict())
 
 
 @main.command()
 @click.argument("model")
-@click.option("--text", metavar="FILE", help="Calibration text: a file, 'bundled' (default) or 'wikitext2'.")
-@click.option("--samples", type=int, default=32, show_default=True, help="Calibration windows.")
-@click.option("--seq-len", type=int, default=256, show_default=True, help="Tokens per window.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the measurements here.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG plot here (needs matplotlib).")
+@text_option
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per window.")
+@device_option
+@json_option
+@plot_option
 @click.option("--suggest", "target", metavar="TARGET", help="Suggest plans removing attn:P%, kv:P% or params:P%.")
-@click.option("--trust-remote-code", is_flag=True)
+@trust_option
 def analyze(model, text, samples, seq_len, device, json_path, plot_path, target, trust_remote_code):
     """Measure how much each layer's attention, MLP and block change the residual stream, on MODEL's
     calibration text; optionally suggest which layers to remove."""
-    import json
-    from pathlib import Path
+    from .measure.evaluate import analyze as run_analyze
+    from .prune.suggest import parse_target, suggest
 
-    from .prune import report
-
-    log = lambda m: click.echo(m, err=True)  # noqa: E731
     if target:
-        from .prune.analyze import parse_target
-
         parse_target(target)  # a bad target fails before any model is loaded
-    imp, loaded = report.analyze(model, text, samples, seq_len, device, trust_remote_code, log)
-    click.echo(report.table(imp))
+    result = run_analyze(model, text, samples, seq_len, device, trust_remote_code)
+    imp = result.importance
+    click.echo(_importance_table(imp))
     data = imp.to_dict()
     if target:
-        per_block, total = report.block_params(loaded)
         data["suggestions"] = []
-        for s in report.suggest(imp, target, per_block, total):
-            click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe()}\n  {s.command(model)}")
-            data["suggestions"].append({"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": s.command(model)})
-    if json_path:
-        Path(json_path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        for s in suggest(imp, target, result.block_params, result.total_params):
+            command = s.command(model)
+            click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe()}\n  {command}")
+            data["suggestions"].append({"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": command})
+    _write_json(json_path, data)
     if plot_path:
-        log(f"plot written to {report.plot(imp, Path(plot_path), Path(model).name)}")
+        from .measure.plots import plot_importance
+
+        click.echo(f"plot written to {plot_importance(imp, plot_path, Path(model).name)}", err=True)
+
+
+def _importance_table(imp) -> str:
+    start, end = imp.cold_regions()
+    n = len(imp.block_cos)
+    lines = [f"{'layer':>5} {'attn cos':>9} {'mlp cos':>9} {'block cos':>9} {'BI':>7} {'ang(l,l+1)':>10}  note"]
+    for i in range(n):
+        note = "FFN cold" if i < start or i >= n - end else ""
+        lines.append(
+            f"{i:>5} {imp.attention_cos[i]:>9.4f} {imp.mlp_cos[i]:>9.4f} {imp.block_cos[i]:>9.4f} "
+            f"{imp.block_influence[i]:>7.4f} {imp.angular[1][i]:>10.4f}  {note}"
+        )
+    lines.append(f"({imp.tokens:,} calibration tokens; FFN cold regions: first {start}, last {end} layers)")
+    return "\n".join(lines)
 
 
 @main.command()
 @click.argument("model")
-@click.option("--text", metavar="FILE", help="Perplexity text: a file, 'bundled' (default) or 'wikitext2'.")
-@click.option("--seq-len", type=int, default=256, show_default=True)
-@click.option("--samples", type=int, default=32, show_default=True, help="Perplexity windows per grid point.")
-@click.option("--tasks", metavar="LIST", help="lm-eval tasks per grid point (slow; use --limit).")
-@click.option("--limit", type=int)
-@click.option("--speed/--no-speed", default=True, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False))
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False))
-@click.option("--trust-remote-code", is_flag=True)
+@text_option
+@click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Windows per grid point.")
+@tasks_options
+@speed_option
+@device_option
+@json_option
+@plot_option
+@trust_option
 def sweep(model, text, seq_len, samples, tasks, limit, speed, device, json_path, plot_path, trust_remote_code):
     """The seed paper's grid on MODEL, in memory: attention / MLP / blocks removed from the last layers."""
-    import json
-    from pathlib import Path
+    from .measure.evaluate import sweep as run_sweep
+    from .measure.sweep import rows_to_json, tables
 
-    from .prune import sweep as sw
-
-    rows = sw.sweep(model, text, seq_len, samples, [t for t in (tasks or "").split(",") if t], limit, speed, device,
-                    trust_remote_code, log=lambda m: click.echo(m, err=True))  # fmt: skip
-    click.echo(sw.tables(rows))
-    if json_path:
-        Path(json_path).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    rows = run_sweep(model, text, seq_len, samples, _task_list(tasks), limit, speed, device, trust_remote_code)
+    click.echo(tables(rows))
+    _write_json(json_path, rows_to_json(rows))
     if plot_path:
-        click.echo(f"plot written to {sw.plot(rows, Path(plot_path), Path(model).name)}", err=True)
+        from .measure.plots import plot_sweep
+
+        click.echo(f"plot written to {plot_sweep(rows, plot_path, Path(model).name)}", err=True)
 
 
 @main.command()
@@ -215,7 +308,7 @@ def demo(output, overwrite):
     """Run the whole job on the bundled demo model: export, measure, card, load back, generate."""
     from .demo import run_demo
 
-    run_demo(output, overwrite=overwrite, log=click.echo)
+    click.echo(run_demo(output, overwrite=overwrite))
 
 
 if __name__ == "__main__":

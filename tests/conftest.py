@@ -1,15 +1,11 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from tiny import FAMILY_NAMES, make_model
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-from tiny import FAMILY_NAMES, make_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-from test_cli_errors import assert_clean_failure, run
+from common import assert_clean_failure, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.prune.families import FAMILIES
-from skipprune.prune.masking import bypassed
+from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
 
 PROMPT = torch.tensor([[5, 17, 42, 9, 77, 3, 11, 64]])
@@ -30,8 +30,8 @@ def load(path, **kw):
 def plain_and_adaptive(family_sources, tmp_path, request):
     family = getattr(request, "param", "llama")
     src = family_sources[family]
-    skipprune.export(src, tmp_path / "plain", drop_attn="5", log=lambda m: None)
-    skipprune.export(src, tmp_path / "adaptive", drop_attn="5", adaptive_ffn=settings(), log=lambda m: None)
+    skipprune.export(src, tmp_path / "plain", drop_attn="5")
+    skipprune.export(src, tmp_path / "adaptive", drop_attn="5", adaptive_ffn=settings())
     return family, tmp_path / "plain", tmp_path / "adaptive"
 
 
@@ -80,11 +80,11 @@ def test_off_by_default_and_batch_policy(plain_and_adaptive):
 
 
 def test_blocks_only_with_adaptive_uses_the_skipprune_architecture(family_sources, tmp_path):
-    skipprune.export(family_sources["qwen2"], tmp_path / "o", drop_blocks="5", adaptive_ffn="default", log=lambda m: None)
+    skipprune.export(family_sources["qwen2"], tmp_path / "o", drop_blocks="5", adaptive_ffn="default")
     config = json.loads((tmp_path / "o" / "config.json").read_text())
     assert config["model_type"] == "skipprune" and config["adaptive_ffn_skip"]["max_skips"] == 2
     assert "`max_skips=2`" in (tmp_path / "o" / "README.md").read_text()
-    skipprune.export(family_sources["qwen2"], tmp_path / "empty", adaptive_ffn="cold_start=1", log=lambda m: None)
+    skipprune.export(family_sources["qwen2"], tmp_path / "empty", adaptive_ffn="cold_start=1")
     assert json.loads((tmp_path / "empty" / "config.json").read_text())["adaptive_ffn_skip"]["cold_start"] == 1
 
 

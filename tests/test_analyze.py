@@ -7,16 +7,17 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from test_cli_errors import assert_clean_failure, run
+from common import assert_clean_failure, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
-from skipprune.cards import scores
 from skipprune.cli import main
-from skipprune.prune.analyze import measure_importance, parse_target, suggest
+from skipprune.measure.importance import measure_importance
+from skipprune.measure.perplexity import perplexity
+from skipprune.measure.sweep import removed_in_place
 from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
-from skipprune.prune.sweep import grid, removed_in_place
+from skipprune.prune.suggest import paper_grid, parse_target, suggest
 
 
 def windows(vocab=128, n=3, length=16):
@@ -66,29 +67,29 @@ def test_suggestions_respect_the_budget(family_sources):
 def test_in_memory_removal_equals_the_export(family, family_sources, tmp_path):
     src = family_sources[family]
     plan = PrunePlan.from_specs(6, drop_attn="last:2", drop_mlp="1", drop_blocks="2")
-    skipprune.export(src, tmp_path / "o", plan, log=lambda m: None)
+    skipprune.export(src, tmp_path / "o", plan)
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "o", trust_remote_code=True, dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
-    ids = torch.cat(windows(n=4)).flatten()
-    before, _ = scores.perplexity(model, ids, 16, "t")
+    ids = torch.cat(windows(n=4))
+    before, _ = perplexity(model, ids, "t")
     with removed_in_place(model, plan, FAMILIES[family]):
-        inside, _ = scores.perplexity(model, ids, 16, "t")
-    want, _ = scores.perplexity(exported, ids, 16, "t")
+        inside, _ = perplexity(model, ids, "t")
+    want, _ = perplexity(exported, ids, "t")
     assert inside == want
-    assert scores.perplexity(model, ids, 16, "t")[0] == before  # restored
+    assert perplexity(model, ids, "t")[0] == before  # restored
 
 
 def test_grid_is_the_papers():
-    points = grid(12)
+    points = paper_grid(12)
     assert len(points) == 1 + 3 * 3 * 2
-    attn66 = next(p for k, keep, last, p in points if k == "attention" and keep == 66 and not last)
+    attn66 = next(p.plan for p in points if p.kind == "attention" and p.kept_percent == 66 and not p.keep_last_layer)
     assert attn66.drop_attention == {8, 9, 10, 11}
-    attn66_last = next(p for k, keep, last, p in points if k == "attention" and keep == 66 and last)
+    attn66_last = next(p.plan for p in points if p.kind == "attention" and p.kept_percent == 66 and p.keep_last_layer)
     assert attn66_last.drop_attention == {7, 8, 9, 10}
 
 
 def test_analyze_and_sweep_commands_on_the_demo_model(tmp_path):
-    from skipprune.demo import MODEL
+    from skipprune.data import DEMO_MODEL as MODEL
 
     res = CliRunner().invoke(main, ["analyze", str(MODEL), "--samples", "2", "--seq-len", "64", "--suggest", "attn:25%",
                                     "--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")])  # fmt: skip
@@ -105,6 +106,6 @@ def test_analyze_and_sweep_commands_on_the_demo_model(tmp_path):
 
 
 def test_analyze_bad_input():
-    from skipprune.demo import MODEL
+    from skipprune.data import DEMO_MODEL as MODEL
 
     assert_clean_failure(run("analyze", MODEL, "--suggest", "everything"), "bad --suggest")

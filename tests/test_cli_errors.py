@@ -18,36 +18,7 @@ from click.testing import CliRunner
 
 from skipprune.cli import main
 
-EXE = shutil.which("skipprune")
-
-
-def digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        h.update(str(p.relative_to(folder)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def run(*args, env=None, cwd=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
-
-
-def assert_clean_failure(proc, needle: str, out: Path | None = None, after_progress: bool = False):
-    """Exit != 0, no traceback, and one `error:` line; with after_progress, progress output may precede it
-    (a failure midway through an upload), otherwise the error is all that is printed."""
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
-    assert after_progress or len(lines) == 1, proc.stderr
-    assert needle in errors[0], errors[0]
-    if out is not None:
-        assert not out.exists()
-        assert not list(out.parent.glob(f".{out.name}.skipprune-*"))
-
+from common import assert_clean_failure, digest, run
 
 @pytest.fixture
 def src(family_sources, tmp_path):

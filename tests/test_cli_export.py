@@ -11,7 +11,7 @@ import time
 
 import torch
 from safetensors import safe_open
-from test_cli_errors import EXE, digest, run
+from common import EXE, digest, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
@@ -45,9 +45,9 @@ def test_sharded_export_with_index_and_provenance(family_sources, tmp_path):
 
 def test_dtype_conversion_and_overwrite(family_sources, tmp_path):
     src, out = family_sources["olmo2"], tmp_path / "out"
-    skipprune.export(src, out, drop_mlp="0,5", log=lambda m: None)
+    skipprune.export(src, out, drop_mlp="0,5")
     first = (out / "model.safetensors").read_bytes()
-    skipprune.export(src, out, drop_mlp="0,5", dtype="bfloat16", overwrite=True, log=lambda m: None)
+    skipprune.export(src, out, drop_mlp="0,5", dtype="bfloat16", overwrite=True)
     assert (out / "model.safetensors").read_bytes() != first
     with safe_open(src / "model.safetensors", "pt") as s, safe_open(out / "model.safetensors", "pt") as o:
         a, b = s.get_tensor("model.embed_tokens.weight"), o.get_tensor("model.embed_tokens.weight")

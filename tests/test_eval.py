@@ -8,18 +8,18 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from test_cli_errors import assert_clean_failure, run
+from common import assert_clean_failure, run
 
 import skipprune
-from skipprune.cards.evaluate import evaluate
 from skipprune.cli import main
-from skipprune.demo import HELDOUT, MODEL
+from skipprune.data import DEMO_MODEL as MODEL
+from skipprune.data import HELDOUT
 
 
 @pytest.fixture(scope="module")
 def demo_export(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "pruned"
-    skipprune.export(MODEL, out, drop_attn="last:25%", log=lambda m: None)
+    skipprune.export(MODEL, out, drop_attn="last:25%")
     return out
 
 
@@ -45,14 +45,15 @@ def test_eval_with_baseline_json(demo_export, short_text, tmp_path):
     proto = data["perplexity_protocol"]
     assert proto["seq_len"] == 128 and proto["predicted_tokens"] == proto["windows"] * 127
     assert data["perplexity"] > base["perplexity"] > 1  # removing attention costs something on a trained model
-    assert "KV bytes/token" in res.output and "0.750" in res.output
+    assert "KV cache per token" in res.output and "0.750" in res.output
 
 
 def test_eval_speed_is_interleaved_and_recorded(demo_export, short_text):
-    res = evaluate(str(demo_export), str(MODEL), text=str(short_text), seq_len=128, log=lambda m: None)
-    for d in (res, res["baseline"]):
-        assert d["speed"]["one_token_s_batch8_len50"] > 0 and d["speed"]["decode_tokens_per_s"] > 0
-        assert d["speed"]["device"] == "cpu" and d["speed"]["dtype"] == "float32"
+    res = skipprune.evaluate(str(demo_export), str(MODEL), text=str(short_text), seq_len=128)
+    for d in (res, res.baseline):
+        assert [(p.batch, p.prompt_tokens) for p in d.speed.latency] == [(8, 50), (8, 100)]
+        assert all(p.seconds > 0 for p in d.speed.latency) and d.speed.decode_tokens_per_s > 0
+        assert d.speed.device == "cpu" and d.speed.dtype == "float32"
 
 
 def test_foreign_remote_code_needs_opt_in(demo_export, tmp_path):
@@ -109,9 +110,9 @@ def test_lm_eval_local_task_in_memory(demo_export, short_text, tiny_task, tmp_pa
         assert task["metric"] == "acc" and 0 <= task["value"] <= 1 and task["local"] is True
     # The card names it as a local task, not a Hub dataset.
     shutil.copyfile(out_json, demo_export / "results.json")
-    from skipprune.cards.card import write_card
-
-    card = write_card(demo_export).read_text()
+    res = CliRunner().invoke(main, ["card", str(demo_export)])
+    assert res.exit_code == 0, res.output
+    card = (demo_export / "README.md").read_text()
     assert "skipprune_tiny_mc (local task)" in card and "type: local:skipprune-tiny-mc" in card
     assert "| skipprune_tiny_mc (acc, 0-shot, local task) |" in card
     from huggingface_hub import ModelCard
@@ -130,7 +131,7 @@ def test_unknown_task(demo_export):
 def test_model_that_does_not_fit(monkeypatch):
     import importlib
 
-    pipeline = importlib.import_module("skipprune.export.pipeline")  # skipprune.export is also the API function
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 1 << 20)  # 1 MiB free
+    runner = importlib.import_module("skipprune.measure.runner")
+    monkeypatch.setattr(runner, "available_memory", lambda: 1 << 20)  # 1 MiB free
     res = CliRunner().invoke(main, ["eval", str(MODEL), "--no-speed", "--device", "cpu"])
     assert res.exit_code == 1 and "GiB are free" in res.output and "needs about" in res.output

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.prune.families import FAMILIES
-from skipprune.prune.masking import bypassed
+from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
 
 N = 6
@@ -54,8 +54,8 @@ def test_random_plan_matches_bypassed_source(family, seed, family_sources, tmp_p
     src = family_sources[family]
     plan = random_plan(random.Random(f"{family}-{seed}"))
     out = tmp_path / "out"
-    result = skipprune.export(src, out, plan, log=lambda m: None)
-    assert result.verification["numerics"]["max_abs_logit_diff"] <= 1e-5
+    result = skipprune.export(src, out, plan)
+    assert result.record.verification.numerics.max_abs_logit_diff <= 1e-5
 
     ids, mask = inputs()
     want = reference_logits(src, plan, family, ids, mask)
@@ -85,7 +85,7 @@ def test_random_plan_matches_bypassed_source(family, seed, family_sources, tmp_p
                     a, b = s.get_tensor(name), o.get_tensor(new)
                     assert a.dtype == b.dtype and torch.equal(a.view(torch.uint8), b.view(torch.uint8))
         assert not any(f"model.layers.{len(plan.layers)}." in n for n in out_names)
-    assert result.bytes_out < result.bytes_in
+    assert result.record.bytes.output < result.record.bytes.source
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -94,7 +94,7 @@ def test_cache_and_generation(family, family_sources, tmp_path):
     src = family_sources[family]
     # Layer 0 loses attention: the case where naive cache handling restarts positions.
     plan = PrunePlan(N, {0, 3}, {4})
-    skipprune.export(src, tmp_path / "o", plan, log=lambda m: None)
+    skipprune.export(src, tmp_path / "o", plan)
     model = load_export(tmp_path / "o")
     prompt = torch.tensor([[5, 17, 42, 9, 77, 3, 11, 64, 23, 8]])
     kw = dict(max_new_tokens=24, do_sample=False, pad_token_id=0)
@@ -116,7 +116,7 @@ def test_cache_and_generation(family, family_sources, tmp_path):
 def test_blocks_only_export_is_stock(family, family_sources, tmp_path):
     src = family_sources[family]
     plan = PrunePlan.from_specs(N, drop_blocks="1,last:2")
-    skipprune.export(src, tmp_path / "o", plan, log=lambda m: None)
+    skipprune.export(src, tmp_path / "o", plan)
     out = tmp_path / "o"
     assert not (out / "modeling_skipprune.py").exists()
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)  # no remote code needed
@@ -132,7 +132,7 @@ def test_blocks_only_export_is_stock(family, family_sources, tmp_path):
 
 
 def test_plain_load_without_remote_code_fails(family_sources, tmp_path):
-    skipprune.export(family_sources["llama"], tmp_path / "o", drop_attn="last:2", log=lambda m: None)
+    skipprune.export(family_sources["llama"], tmp_path / "o", drop_attn="last:2")
     with pytest.raises(ValueError, match="trust_remote_code"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "o", trust_remote_code=False)
 
@@ -144,7 +144,7 @@ def test_bf16_and_attention_implementations(family, attn, tmp_path):
 
     src = make_model(tmp_path / "src", family, dtype=torch.bfloat16)
     plan = PrunePlan(N, {2, 4}, {5})
-    skipprune.export(src, tmp_path / "o", plan, log=lambda m: None)
+    skipprune.export(src, tmp_path / "o", plan)
     ids, mask = inputs()
     try:
         want = reference_logits(src, plan, family, ids, mask, dtype=torch.bfloat16, attn_implementation=attn)
@@ -160,7 +160,7 @@ def test_bf16_and_attention_implementations(family, attn, tmp_path):
 
 
 def test_device_map_auto_and_gradient_checkpointing(family_sources, tmp_path):
-    skipprune.export(family_sources["qwen3"], tmp_path / "o", drop_attn="2-3", drop_mlp="5", log=lambda m: None)
+    skipprune.export(family_sources["qwen3"], tmp_path / "o", drop_attn="2-3", drop_mlp="5")
     ids, _ = inputs()
     plain = load_export(tmp_path / "o")
     mapped = load_export(tmp_path / "o", device_map="auto")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 from hubserver import HubServer
-from test_cli_errors import assert_clean_failure, run
+from common import assert_clean_failure, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
@@ -35,7 +35,7 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture
 def export_dir(family_sources, tmp_path):
     out = tmp_path / "pruned"
-    skipprune.export(family_sources["qwen3"], out, drop_attn="last:2", drop_mlp="0", log=lambda m: None)
+    skipprune.export(family_sources["qwen3"], out, drop_attn="last:2", drop_mlp="0")
     return out
 
 

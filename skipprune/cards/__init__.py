@@ -1,0 +1,1 @@
+"""Sharing it: the model card (from the records) and the Hub push."""

@@ -1,19 +1,19 @@
-"""layers.png: one row per SOURCE layer, two cells (attention | MLP), green kept / red removed, grey where
-the whole block was removed. Written as a plain PNG with zlib, so cards need no plotting library."""
+"""layers.png: which sublayers of each SOURCE layer were kept, drawn for the model card's Hub page.
+
+Two rows (attention, MLP), one column per source layer: green kept, red removed, grey hatched where the whole
+block was removed. Drawn with matplotlib's non-interactive backend."""
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 from ..prune.plan import PrunePlan
 
-KEPT, REMOVED, BLOCK, GAP = (46, 160, 67), (214, 39, 40), (150, 150, 150), (255, 255, 255)
-CELL_W, CELL_H, PAD = 36, 10, 2
+KEPT, REMOVED, BLOCK = "#2ca02c", "#d62728", "#9e9e9e"
 
 
-def layer_colors(plan: PrunePlan) -> list[tuple[tuple, tuple]]:
+def layer_colors(plan: PrunePlan) -> list[tuple[str, str]]:
+    """(attention colour, MLP colour) per source layer."""
     rows = []
     for i in range(plan.num_layers):
         if i in plan.dropped_blocks:
@@ -23,33 +23,45 @@ def layer_colors(plan: PrunePlan) -> list[tuple[tuple, tuple]]:
     return rows
 
 
-def render_png(plan: PrunePlan) -> bytes:
-    rows = layer_colors(plan)
-    width = 2 * CELL_W + 3 * PAD
-    raw = bytearray()
+def write_layers_png(plan: PrunePlan, path: Path, title: str) -> Path:
+    import matplotlib.pyplot as plt
 
-    def line(pixels):
-        raw.append(0)  # PNG filter type: none
-        for p in pixels:
-            raw.extend(p)
-
-    blank = [GAP] * width
-    line(blank)
-    for attn, mlp in rows:
-        pixels = [GAP] * PAD + [attn] * CELL_W + [GAP] * PAD + [mlp] * CELL_W + [GAP] * PAD
-        for _ in range(CELL_H):
-            line(pixels)
-        for _ in range(PAD):
-            line(blank)
-    height = len(raw) // (1 + 3 * width)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(raw), 9)) + chunk(b"IEND", b"")
-
-
-def write_png(plan: PrunePlan, path: Path) -> Path:
-    path.write_bytes(render_png(plan))
+    fig = layers_figure(plan, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
+
+
+def layers_figure(plan: PrunePlan, title: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    n = plan.num_layers
+    fig, ax = plt.subplots(figsize=(min(16, max(6, 0.28 * n + 2)), 2.6))
+    blocks = set(plan.dropped_blocks)
+    for i, colors in enumerate(layer_colors(plan)):
+        for row, color in enumerate(colors):
+            ax.add_patch(
+                matplotlib.patches.Rectangle(
+                    (i - 0.45, 1 - row - 0.4), 0.9, 0.8, facecolor=color, edgecolor="white",
+                    hatch="///" if i in blocks else None,
+                )
+            )
+    step = 1 if n <= 32 else 2 if n <= 64 else 4
+    ax.set_xticks(range(0, n, step))
+    ax.set_xlim(-0.6, n - 0.4)
+    ax.set_ylim(-0.6, 1.6)
+    ax.set_yticks([1, 0], ["attention", "MLP"])
+    ax.set_xlabel("source layer (0-based)")
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    kept = len(plan.layers)
+    ax.set_title(f"{title}: {kept} of {n} layers kept", fontsize=10)
+    legend = [Patch(facecolor=KEPT, label="kept"), Patch(facecolor=REMOVED, label="removed"),
+              Patch(facecolor=BLOCK, hatch="///", label="whole block removed")]
+    ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,44 +1,55 @@
 """export(): source + plan -> a verified, physically smaller checkpoint folder.
 
-The folder is assembled in a hidden sibling (`.NAME.skipprune-partial-PID`) and renamed into place only
-after verification, so OUTPUT either does not exist or is complete; a killed run leaves only the hidden
-partial folder (or, mid-swap with --overwrite, the previous OUTPUT set aside), which the next export to
-the same OUTPUT removes.
+Everything that can be checked is checked before a byte is written: the options, the output path, the
+source's config against its shards, the plan. Then the folder is assembled in a hidden sibling
+(`.NAME.skipprune-partial-PID`), verified, flushed to stable storage (every file, then the folder), and
+renamed into place. So OUTPUT either does not exist or is complete, after a kill or a power loss too. A
+killed run leaves only the hidden partial folder (or, mid-swap with --overwrite, the previous OUTPUT set
+aside), which the next export to the same OUTPUT removes; SIGTERM and Ctrl-C clean up at once. A lock file
+keeps two exports from writing the same OUTPUT at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
-import math
+import logging
 import os
+import shlex
 import shutil
-from dataclasses import dataclass, field
+import signal
+import threading
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import OutputError, SkippruneError, VerificationError
+from ..cards.card import write_card
+from ..errors import OutputError, PlanError, translated
+from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.families import family_for
-from ..prune.plan import PrunePlan
-from . import surgery, verify
+from ..prune.plan import PrunePlan, format_indices
+from ..records import ByteCounts, ExportRecord, SourceRef, Verification
+from ..system import available_memory, fsync_path, fsync_tree
+from . import layout, verify
 from .source import TOKENIZER_FILES, Source, open_source
 from .writer import parse_size, write_shards
 
-PROVENANCE = "skipprune.json"
+log = logging.getLogger(__name__)
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
 _PARTIAL = ".skipprune-partial-"
 _OLD = ".skipprune-old-"  # a replaced OUTPUT, deleted once the new one is in place
+_LOCK = ".skipprune-lock"
 
 
 @dataclass
 class ExportResult:
     output: Path
-    plan: PrunePlan
-    source: Source
-    stock: bool  # True when the output uses the stock architecture (only whole blocks removed)
-    bytes_in: int
-    bytes_out: int
-    verification: dict = field(default_factory=dict)
-    adaptive_ffn: dict | None = None
+    record: ExportRecord
 
 
 def export(
@@ -56,7 +67,6 @@ def export(
     overwrite: bool = False,
     verify_numerics: bool | None = None,
     adaptive_ffn: dict | str | None = None,
-    log=print,
     card: bool = True,
     command: str | None = None,
 ) -> ExportResult:
@@ -65,63 +75,123 @@ def export(
     Give either a PrunePlan or SPEC strings (see skipprune.prune.plan). `verify_numerics=None` compares
     logits against the bypassed source when both models fit comfortably in memory. `adaptive_ffn` (settings
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
-    may then be empty.
+    may then be empty. `command` overrides the reproduce line of the records (built from the arguments).
     """
-    if dtype not in ("auto", "bfloat16", "float16", "float32"):
-        raise SkippruneError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
+    if dtype not in DTYPES:
+        raise PlanError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
     shard_bytes = parse_size(max_shard_size)
-    if isinstance(adaptive_ffn, str):
-        adaptive_ffn = surgery.parse_adaptive(adaptive_ffn)
+    adaptive = parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
-    src = open_source(str(source), revision)
+    _check_output_parent(out)
+    src = open_source(str(source), revision, check_config=lambda c: family_for(c.get("model_type"), c))
     _check_output(out, src.path, overwrite)
     family = family_for(src.model_type)
     if plan is None:
         plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer)
+        specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer)
     elif plan.num_layers != src.num_layers:
-        raise SkippruneError(f"the plan is for {plan.num_layers} layers but the source has {src.num_layers}")
-    plan.validate(allow_empty=adaptive_ffn is not None)
-    stock = plan.blocks_only and adaptive_ffn is None
-    log(f"{src.id}: {family.model_type}, {src.num_layers} layers; {plan.describe()}")
+        raise PlanError(f"the plan is for {plan.num_layers} layers but the source has {src.num_layers}")
+    else:
+        specs = _plan_specs(plan)
+    plan.validate(allow_empty=adaptive is not None)
+    check_layers(adaptive, len(plan.layers))
+    stock = plan.blocks_only and adaptive is None
+    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
 
-    source_config = _with_layer_types(src.config) if family.derives_layer_types else src.config
-    config = surgery.output_config(source_config, plan, family, dtype, adaptive_ffn)
-    tensors = surgery.map_tensors(src, plan, family, dtype)
-    _clean_stale_partials(out)
-    tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
-    try:
-        tmp.mkdir(parents=True)
-        with tqdm(total=sum(t.nbytes for t in tensors), unit="B", unit_scale=True, desc="writing shards",
-                  disable=None, leave=False) as bar:  # fmt: skip
-            write_shards(tmp, tensors, shard_bytes, bar.update)
-        _write_side_files(tmp, src, config, stock=stock)
-        checks = {"structure": verify.verify_structure(tmp, tensors)}
-        log(f"structure verified: {checks['structure']['tensors']} tensors as planned, kept bytes identical to the source")
-        if _should_check_numerics(verify_numerics, src):
-            try:
-                checks["numerics"] = verify.verify_numerics(tmp, src, plan, family, dtype)
-            except (SkippruneError, KeyboardInterrupt):
-                raise
-            except Exception as e:  # transformers refusing the config, say: report it, never half-succeed
-                raise VerificationError(
-                    f"could not check logits ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                    "rerun with --no-verify to skip the logit check, and please report this"
-                ) from None
-            log(f"logits verified: max |diff| {checks['numerics']['max_abs_logit_diff']:.3g} vs the bypassed source")
-        else:
-            checks["numerics"] = "skipped" if verify_numerics is False else "skipped: model too large for memory"
-        result = ExportResult(out, plan, src, stock, src.nbytes, sum(t.nbytes for t in tensors), checks, adaptive_ffn)
-        _write_json(tmp / PROVENANCE, provenance(result, dtype, command))
-        if card:
-            from ..cards.card import write_card
+    ignored = verify.check_source(src, family)
+    if ignored:
+        log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
+    source_config = layout.with_layer_types(src.config) if family.derives_layer_types else src.config
+    config = layout.output_config(source_config, plan, family, dtype, adaptive)
+    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored))
+    command = command or _command(src, out.name, specs, dtype, adaptive)
 
-            write_card(tmp, name=out.name)
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log(f"wrote {out} ({result.bytes_out / 2**20:.1f} MiB of {result.bytes_in / 2**20:.1f} MiB)")
-    return result
+    with _exclusive(out), _sigterm_cleans_up():
+        _clean_stale_partials(out)
+        tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
+        try:
+            tmp.mkdir()
+            total = sum(t.nbytes for t in tensors)
+            with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
+                write_shards(tmp, tensors, shard_bytes, bar.update)
+            with translated(OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"):
+                _write_side_files(tmp, src, config, stock=stock)
+            verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics)
+            record = ExportRecord(
+                source=SourceRef(src.label, src.revision, src.model_type),
+                plan=plan,
+                architecture="stock" if stock else "skipprune",
+                bytes=ByteCounts(source=src.nbytes, output=total),
+                verification=verification,
+                dtype=dtype,
+                adaptive_ffn_skip=adaptive,
+                ignored_tensors=ignored,
+                command=command,
+                transformers_version=version("transformers"),
+            )
+            with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
+                record.save(tmp)
+                if card:
+                    write_card(tmp, record, None, name=out.name)
+                fsync_tree(tmp)
+                _publish(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    log.info("wrote %s (%.1f MiB of %.1f MiB)", out, total / 2**20, src.nbytes / 2**20)
+    return ExportResult(out, record)
+
+
+def _verify(tmp: Path, src: Source, plan, family, dtype: str, tensors, numerics: bool | None) -> Verification:
+    structure = verify.verify_structure(tmp, tensors)
+    verify.check_model_expects(tmp, tensors)
+    structure.model_expects_them = True
+    kept = f"kept tensors equal the source's converted to {structure.converted_to}" if structure.converted_to else (
+        "kept bytes identical to the source"
+    )
+    log.info("structure verified: %d tensors as planned, expected by the model; %s", structure.tensors, kept)
+    if numerics is False:
+        return Verification(structure, numerics_skipped="--no-verify")
+    if numerics is None and not verify.fits_in_memory(src, available_memory()):
+        reason = "the model is too large for the in-memory logit check on this machine"
+        log.info("logits not compared: %s", reason)
+        return Verification(structure, numerics_skipped=reason)
+    check = verify.verify_numerics(tmp, src, plan, family, dtype)
+    log.info("logits verified: max |diff| %.3g vs the bypassed source", check.max_abs_logit_diff)
+    return Verification(structure, numerics=check)
+
+
+def _plan_specs(plan: PrunePlan) -> tuple[str | None, str | None, str | None, bool]:
+    attn_only, mlp_only = plan.drop_attention - plan.drop_mlp, plan.drop_mlp - plan.drop_attention
+    return tuple(format_indices(s) if s else None for s in (attn_only, mlp_only, plan.dropped_blocks)) + (False,)
+
+
+def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None) -> str:
+    """The export command that reproduces this one, naming the source by Hub id or folder name, never a path."""
+    drop_attn, drop_mlp, drop_blocks, keep_last = specs
+    parts = ["skipprune", "export", src.label, name]
+    if src.on_hub:
+        parts += ["--revision", src.revision]
+    for flag, spec in (("--drop-attn", drop_attn), ("--drop-mlp", drop_mlp), ("--drop-blocks", drop_blocks)):
+        if spec:
+            parts += [flag, spec]
+    if keep_last:
+        parts.append("--keep-last-layer")
+    if dtype != "auto":
+        parts += ["--dtype", dtype]
+    if adaptive:
+        parts += ["--adaptive-ffn", ",".join(f"{k}={v}" for k, v in adaptive.items())]
+    return shlex.join(parts)
+
+
+def _check_output_parent(out: Path) -> None:
+    p = out.parent
+    while not p.exists():
+        p = p.parent
+    if not p.is_dir():
+        raise OutputError(f"cannot create OUTPUT {out}: {p} is a file, not a folder; choose another location")
+    if not os.access(p, os.W_OK):
+        raise OutputError(f"cannot write into {p}; choose a writable location for OUTPUT")
 
 
 def _check_output(out: Path, source: Path, overwrite: bool) -> None:
@@ -130,23 +200,51 @@ def _check_output(out: Path, source: Path, overwrite: bool) -> None:
         raise OutputError(f"OUTPUT {out} is the source folder or inside it; choose a folder outside {source}")
     if real in source.parents:
         raise OutputError(f"OUTPUT {out} contains the source folder; choose a folder that does not hold {source}")
-    if out.exists() and not overwrite:
-        raise OutputError(f"OUTPUT {out} already exists; pass --overwrite to replace it, or choose another folder")
     if out.exists() and not out.is_dir():
         raise OutputError(f"OUTPUT {out} is a file; choose a folder path")
-    if not os.access(out.parent if out.parent.exists() else _existing_parent(out), os.W_OK):
-        raise OutputError(f"cannot write into {out.parent}; choose a writable location")
+    if out.exists() and not overwrite:
+        raise OutputError(f"OUTPUT {out} already exists; pass --overwrite to replace it, or choose another folder")
 
 
-def _existing_parent(p: Path) -> Path:
-    while not p.exists():
-        p = p.parent
-    return p
+@contextlib.contextmanager
+def _exclusive(out: Path):
+    """Hold a lock on OUTPUT for the whole export; a second export to it fails at once instead of racing."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}{_LOCK}"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputError(
+                f"another skipprune export is writing {out} right now; wait for it to finish or choose another OUTPUT"
+            ) from None
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigterm_cleans_up():
+    """SIGTERM unwinds like Ctrl-C (exit status 143), so the partial folder is removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _clean_stale_partials(out: Path) -> None:
-    if not out.parent.is_dir():
-        return
     for p in [*out.parent.glob(f".{out.name}{_PARTIAL}*"), *out.parent.glob(f".{out.name}{_OLD}*")]:
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):
@@ -163,78 +261,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _publish(tmp: Path, out: Path) -> None:
-    """Swap the finished folder into place; an old OUTPUT (with --overwrite) goes only after that."""
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Swap the finished folder into place; an old OUTPUT (with --overwrite) goes only after that. A folder
+    that appeared at OUTPUT meanwhile is never replaced without --overwrite (rename refuses a non-empty one)."""
     old = None
-    if out.exists():
+    if out.exists() and overwrite:
         old = out.parent / f".{out.name}{_OLD}{os.getpid()}"
         out.rename(old)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise OutputError(f"OUTPUT {out} appeared while exporting; nothing was replaced, choose another folder") from None
+        raise
+    fsync_path(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _with_layer_types(config: dict) -> dict:
-    """Spell out `layer_types` when the family derives it from other fields, so slicing keeps each kept
-    layer's attention type (sliding or full) instead of re-deriving it for the new numbering."""
-    if "layer_types" in config:
-        return config
-    from transformers import AutoConfig
-
-    try:
-        derived = getattr(AutoConfig.for_model(**config), "layer_types", None)
-    except Exception:  # the family's own validation will report a broken config more clearly later
-        return config
-    return {**config, "layer_types": list(derived)} if derived else config
-
-
 def _write_side_files(folder: Path, src: Source, config: dict, stock: bool) -> None:
-    _write_json(folder / "config.json", config)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     if not stock:
-        surgery.copy_remote_code(folder)
+        layout.copy_remote_code(folder)
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (src.path / name).is_file():
             shutil.copyfile(src.path / name, folder / name)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-def provenance(result: ExportResult, dtype: str, command: str | None) -> dict:
-    from importlib.metadata import version
-
-    from .. import __version__
-
-    return {
-        "skipprune_version": __version__,
-        "transformers_version": version("transformers"),
-        "source": {"id": result.source.id, "revision": result.source.revision, "model_type": result.source.model_type},
-        "plan": result.plan.to_dict(),
-        "architecture": "stock" if result.stock else "skipprune",
-        "dtype": dtype,
-        "adaptive_ffn_skip": result.adaptive_ffn,
-        "bytes": {"source": result.bytes_in, "output": result.bytes_out},
-        "verification": result.verification,
-        "command": command,
-    }
-
-
-def available_memory() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-
-
-def _should_check_numerics(requested: bool | None, src: Source) -> bool:
-    if requested is not None:
-        return requested
-    params = sum(math.prod(t.shape) for t in src.tensors.values())
-    return 2 * params * 4 <= available_memory() // 2  # both models upcast to fp32, within half the free RAM
-
-

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SourceError
+from ..errors import SourceError, describe
 
 # safetensors dtype -> bytes per element
 DTYPE_SIZES = {
@@ -57,19 +57,36 @@ class Source:
 
     @property
     def num_layers(self) -> int:
-        return int(self.config["num_hidden_layers"])
+        return self.config["num_hidden_layers"]
+
+    @property
+    def on_hub(self) -> bool:
+        return self.revision is not None
+
+    @property
+    def label(self) -> str:
+        """How messages and records name the source: the Hub id, or a local folder's name (never its path)."""
+        return self.id if self.on_hub else self.path.name
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
 
 
-def open_source(source: str, revision: str | None = None) -> Source:
-    """Resolve SOURCE (folder or Hub id) and index its tensors without reading their bytes."""
+def open_source(source: str, revision: str | None = None, check_config=None) -> Source:
+    """Resolve SOURCE (folder or Hub id) and index its tensors without reading their bytes.
+
+    `check_config(config)` runs before the headers are read (the family check: a clearer error first)."""
     folder, sha = resolve_folder(source, revision)
     config = read_config(folder, source)
-    if "num_hidden_layers" not in config:
-        raise SourceError(f"{folder / 'config.json'}: no num_hidden_layers; this does not look like a decoder LM config")
+    if check_config:
+        check_config(config)
+    layers = config.get("num_hidden_layers")
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+        raise SourceError(
+            f"{source}: config.json has num_hidden_layers={layers!r}, not a positive whole number; "
+            "restore config.json from the original model"
+        )
     return Source(folder, source, sha, config, index_tensors(folder))
 
 
@@ -123,9 +140,8 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
     except RevisionNotFoundError:
         raise SourceError(f"revision {revision!r} not found in {repo_id}; check --revision") from None
     except Exception as e:  # offline mode, refused connection (httpx errors are not OSErrors), HTTP 5xx
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
         raise SourceError(
-            f"could not reach the Hub for {repo_id} ({reason}); check the network, or pass a local folder"
+            f"could not reach the Hub for {repo_id} ({describe(e)}); check the network, or pass a local folder"
         ) from None
 
 

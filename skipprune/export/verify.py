@@ -1,38 +1,93 @@
-"""Check a written export against its plan and its source.
+"""Checks of a source before anything is written, and of a written export against its plan and its source.
 
-Structure (always, without importing torch): the shard headers hold exactly the planned names, shapes and
-dtypes, and every kept tensor's bytes equal the source's, compared byte for byte (stronger than comparing
-hashes, and at memory speed). Model (with numerics): the output model, built on the meta device from the
-written config, expects exactly those tensors, and the logits of the loaded export equal those of the
-source model with the same sublayers bypassed.
+- Source (every export, before writing): the stock model built on the meta device from the source's own
+  config expects exactly the tensors the shards hold, with those shapes; layers beyond `num_hidden_layers`,
+  missing tensors and contradicting shapes are the source's problems and are reported as such.
+- Structure (every export): the shard headers hold exactly the planned names, shapes and dtypes, and every
+  kept tensor's bytes equal the source's, compared byte for byte (stronger than comparing hashes, and at
+  memory speed); the output model built on the meta device from the written config expects exactly those
+  tensors with those shapes.
+- Numerics (when asked, or when the models fit in memory): the logits of the loaded export equal those of the
+  source model with the same sublayers bypassed.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import VerificationError
+from ..errors import SourceError, VerificationError, translated
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
+from ..records import NumericCheck, StructureCheck
 from .source import Source, index_tensors
 from .writer import OutTensor, convert_bytes
 
 _CHUNK = 16 << 20
+_REPORT = "please report this"
 
 
-def verify_structure(folder: Path, expected: list[OutTensor]) -> dict:
+def expected_tensors(folder: Path, label: str, trust_remote_code: bool = False) -> tuple[dict[str, tuple], set[str]]:
+    """(name -> shape, names that may be absent because they are tied) of the model `folder`'s config describes,
+    built on the meta device: no memory, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with translated(SourceError, f"reading the config of {label}", "fix config.json or restore it from the original model"):
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return shapes, set(getattr(model, "all_tied_weights_keys", None) or {})
+
+
+def check_source(src: Source, family: Family) -> list[str]:
+    """Refuse a source whose shards contradict its config; return the tensors its model never reads (legacy
+    buffers such as `rotary_emb.inv_freq`), which transformers ignores on load and the export leaves out."""
+    shapes, tied = expected_tensors(src.path, src.label)
+    layer = re.compile(re.escape(family.layers_prefix) + r"(\d+)\.")
+    stored_layers = {int(m[1]) for name in src.tensors if (m := layer.match(name))}
+    n = src.num_layers
+    if stored_layers and max(stored_layers) >= n:
+        raise SourceError(
+            f"{src.label}: config.json says num_hidden_layers={n} but the shards hold layers up to "
+            f"{max(stored_layers)}; set num_hidden_layers to {max(stored_layers) + 1} if the weights are right"
+        )
+    missing = sorted(set(shapes) - set(src.tensors) - tied)
+    if missing:
+        if stored_layers and max(stored_layers) < n - 1 and all(layer.match(m) for m in missing):
+            raise SourceError(
+                f"{src.label}: config.json says num_hidden_layers={n} but the shards hold only "
+                f"{max(stored_layers) + 1} layers; fix num_hidden_layers or download the missing shards"
+            )
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SourceError(
+            f"{src.label}: tensor {missing[0]}{more} is missing from the shards but the model needs it; "
+            "the checkpoint is incomplete: download it again"
+        )
+    for name, shape in shapes.items():
+        if name in src.tensors and src.tensors[name].shape != shape:
+            raise SourceError(
+                f"{src.label}: tensor {name} has shape {list(src.tensors[name].shape)} in the shards but config.json "
+                f"implies {list(shape)}; config.json does not match the weights"
+            )
+    return sorted(set(src.tensors) - set(shapes))
+
+
+def verify_structure(folder: Path, expected: list[OutTensor]) -> StructureCheck:
     written = index_tensors(folder)
     want = {t.name: t for t in expected}
     if set(written) != set(want):
         extra, missing = sorted(set(written) - set(want)), sorted(set(want) - set(written))
-        raise VerificationError(f"export holds unexpected tensors {extra[:3]} / lacks {missing[:3]}; please report this")
+        raise VerificationError(f"export holds unexpected tensors {extra[:3]} / lacks {missing[:3]}; {_REPORT}")
     for name, info in written.items():
         if (info.dtype, info.shape) != (want[name].dtype, want[name].shape):
-            raise VerificationError(f"tensor {name} was written as {info.dtype}{list(info.shape)}; please report this")
+            raise VerificationError(f"tensor {name} was written as {info.dtype}{list(info.shape)}; {_REPORT}")
     fds: dict[Path, int] = {}
     try:
         for name, info in sorted(written.items(), key=lambda kv: (kv[1].file, kv[1].start)):
@@ -46,7 +101,31 @@ def verify_structure(folder: Path, expected: list[OutTensor]) -> dict:
     finally:
         for fd in fds.values():
             os.close(fd)
-    return {"tensors": len(written), "bytes_compared": sum(i.nbytes for i in written.values())}
+    converted = sorted({t.dtype for t in expected if t.dtype != t.source.dtype})
+    return StructureCheck(
+        tensors=len(written),
+        bytes_compared=sum(i.nbytes for i in written.values()),
+        converted_to=_DTYPE_NAMES[converted[0]] if converted else None,
+    )
+
+
+_DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
+def check_model_expects(folder: Path, expected: list[OutTensor]) -> None:
+    """The output model, built on the meta device from the written config, expects exactly the tensors written,
+    with their shapes (a tied lm_head may be absent)."""
+    shapes, tied = expected_tensors(folder, folder.name, trust_remote_code=True)
+    written = {t.name: t.shape for t in expected}
+    unused = sorted(set(written) - set(shapes))
+    lacking = sorted(set(shapes) - set(written) - tied)
+    if unused or lacking:
+        raise VerificationError(
+            f"the exported model expects {lacking[:3]} and does not use {unused[:3]}; {_REPORT}"
+        )
+    for name, shape in written.items():
+        if shapes[name] != shape:
+            raise VerificationError(f"the exported model expects {name} as {list(shapes[name])}, written {list(shape)}; {_REPORT}")
 
 
 def _same_chunk(fds: dict, out, src, a: int) -> bool:
@@ -69,55 +148,60 @@ def _window(fds: dict, info, a: int, n: int) -> np.ndarray:
     return np.frombuffer(view, dtype=np.uint8, count=n, offset=start - base)
 
 
-def _check_model_expects(folder: Path, names: set[str]) -> None:
-    """Build the output model without memory (meta device) from the written config; compare its tensors."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=True)
-    expected = set(model.state_dict())
-    if getattr(config, "tie_word_embeddings", False):
-        expected.discard("lm_head.weight")
-    if names != expected:
-        raise VerificationError(
-            f"the exported model expects {sorted(expected - names)[:3]} and does not use {sorted(names - expected)[:3]}; "
-            "please report this"
-        )
-
-
 def verify_numerics(
     folder: Path, source: Source, plan: PrunePlan, family: Family, dtype: str = "auto", tokens: int = 16
-) -> dict:
+) -> NumericCheck:
     """Max |logit difference| between the export and the bypassed source, fp32, with a padded batch.
 
     With a dtype conversion the reference is the source with its weights rounded to that dtype."""
     import torch
-
     from transformers import AutoModelForCausalLM
 
-    from ..prune.masking import bypassed
+    from ..prune.bypass import bypassed
 
-    _check_model_expects(folder, set(index_tensors(folder)))
     vocab = int(source.config.get("vocab_size") or source.config.get("text_config", {}).get("vocab_size"))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (2, tokens), generator=gen)
     mask = torch.ones_like(ids)
     mask[1, : tokens // 4] = 0  # left padding in the second row
-    reference = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
+    real = mask.bool()
+    with translated(VerificationError, "loading the source for the logit check", f"rerun with --no-verify and {_REPORT}"):
+        reference = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
     if dtype != "auto":
         with torch.no_grad():
             for p in reference.parameters():
                 p.copy_(p.to(getattr(torch, dtype)))
     with torch.no_grad(), bypassed(reference, plan, family):
         want = reference(input_ids=ids, attention_mask=mask).logits
+    if not torch.isfinite(want[real]).all():
+        _blame_source_values(reference, source)
     del reference
-    exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=True)
+    with translated(VerificationError, "loading the export for the logit check", _REPORT):
+        exported = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=True)
     with torch.no_grad():
         got = exported(input_ids=ids, attention_mask=mask).logits
-    real = mask.bool()
     diff = (got - want)[real].abs().max().item()
     if not diff <= 1e-5:
-        raise VerificationError(f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); please report this")
-    return {"max_abs_logit_diff": diff, "tokens": int(real.sum()), "dtype": "float32"}
+        raise VerificationError(f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); {_REPORT}")
+    return NumericCheck(max_abs_logit_diff=diff, tokens=int(real.sum()), dtype="float32")
+
+
+def _blame_source_values(model, source: Source) -> None:
+    import torch
+
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise SourceError(
+                f"{source.label}: tensor {name} holds NaN or infinite values; the checkpoint is damaged: download "
+                "it again (or export with --no-verify to copy it as it is)"
+            )
+    raise SourceError(
+        f"{source.label}: the source model itself produces NaN or infinite logits, so no export of it can be "
+        "checked; check the checkpoint (or export with --no-verify)"
+    )
+
+
+def fits_in_memory(src: Source, available: int) -> bool:
+    """Both models upcast to fp32 must fit within half the free memory for the in-memory logit check."""
+    params = sum(math.prod(t.shape) for t in src.tensors.values())
+    return 2 * params * 4 <= available // 2

@@ -15,7 +15,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import OutputError, translated
 from .source import DTYPE_SIZES, TensorInfo, read_bytes
 
 _TORCH_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
@@ -58,6 +58,8 @@ def parse_size(text: str | int) -> int:
         value = float(num) * units[unit]
     except (ValueError, KeyError):
         raise OutputError(f"bad size {text!r}: write it like 5GB, 500MB or 2GiB") from None
+    if not math.isfinite(value):
+        raise OutputError(f"bad size {text!r}: write a finite size like 5GB, 500MB or 2GiB")
     if value < 1:
         raise OutputError(f"bad size {text!r}: a shard needs at least 1 byte")
     return int(value)
@@ -90,13 +92,10 @@ def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int, progres
     weight_map: dict[str, str] = {}
     fds: dict[Path, int] = {}
     try:
-        for name, shard in zip(names, shards):
-            _write_one(folder / name, shard, fds, progress)
-            weight_map.update({t.name: name for t in shard})
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise OutputError(f"disk full while writing {folder.parent}: free some space and run again") from None
-        raise OutputError(f"cannot write {folder}: {e.strerror or e}") from None
+        with translated(OutputError, f"writing shards into {folder.parent}", "check that the location is writable"):
+            for name, shard in zip(names, shards):
+                _write_one(folder / name, shard, fds, progress)
+                weight_map.update({t.name: name for t in shard})
     finally:
         for fd in fds.values():
             os.close(fd)

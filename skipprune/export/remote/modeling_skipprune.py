@@ -1,14 +1,21 @@
-"""A causal LM whose attention and/or MLP sublayers were physically removed by skipprune.
+"""The stock <Family>ForCausalLM of transformers, except: some decoder blocks have lost their attention and/or
+their MLP sublayer (physically removed by skipprune).
 
-The decoder is the stock transformers implementation of the source family (llama, mistral, qwen2, qwen3,
-phi3, gemma2, gemma3_text, olmo2), built from `config.text_config`, so every kept block computes exactly
-what it computed before. In a block that lost a sublayer, that sublayer's module is replaced by a stub whose
-output is zero and its norms by identities: the block then adds nothing for it to the residual stream,
-which is precisely "sublayer bypassed" (a post-norm of zero is zero too). The stubs hold no weights and no
-KV cache. Blocks that lost both sublayers are not here at all.
+<Family> is the source model's family (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, olmo2), named
+by `config.text_config`; its stock decoder runs every kept block, so each computes exactly what it computed
+before. The differences:
+
+1. A removed sublayer's module is replaced by `RemovedSublayer`, whose output is zero, and its norms by
+   identities: the block adds nothing for it to the residual stream, which is precisely "sublayer bypassed"
+   (a post-norm of zero is zero too). The stubs hold no weights and no KV cache.
+2. Blocks that lost both sublayers are not here at all (layers are renumbered; `source_layer_index` says
+   where each came from).
+3. Optional: input-adaptive FFN skipping during generation (FFN-SkipLLM), off unless the config enables it.
 
 Needs only torch and transformers (>= 5.23, < 6).
 """
+
+import dataclasses
 
 import torch
 from torch import nn
@@ -25,6 +32,12 @@ if not _SUPPORTED[0] <= tuple(int(p) for p in transformers_version.split(".")[:2
         "pip install 'transformers>=5.23,<6'"
     )
 
+# transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache`.
+_CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+# -- 1. the stub and the removal ------------------------------------------------------------------------------
+
 
 class RemovedSublayer(nn.Module):
     """Stands in for a deleted attention or MLP module: contributes zero, stores nothing."""
@@ -38,11 +51,25 @@ class RemovedSublayer(nn.Module):
         return (zeros, None) if self.returns_attention_weights else zeros
 
 
+def remove_sublayer(block: nn.Module, names: list, returns_attention_weights: bool) -> None:
+    """Remove one sublayer from a stock decoder block: `names` is its compute module, then the norms only it
+    uses. skipprune's in-memory sweep uses this very function, so both compute the same thing."""
+    compute, *norms = names
+    setattr(block, compute, RemovedSublayer(returns_attention_weights))
+    for norm in norms:
+        setattr(block, norm, nn.Identity())
+
+
+# -- 2. the model ---------------------------------------------------------------------------------------------
+
+
 class SkipPrunePreTrainedModel(PreTrainedModel):
+    """Base class: the stock family's decoder class and its attention-kernel support, from `text_config`."""
+
     config_class = SkipPruneConfig
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     # Which attention kernels work is the stock family's business: adopt its flags (gemma2 has no sdpa).
     _ATTENTION_FLAGS = ("_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn", "_supports_attention_backend")
 
@@ -54,6 +81,11 @@ class SkipPrunePreTrainedModel(PreTrainedModel):
 
 
 class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
+    """The stock causal LM of the source family with the removed sublayers stubbed out (see the module docs).
+
+    `model` is the stock decoder (e.g. `LlamaModel`) built from `config.text_config`; `lm_head` maps its output
+    to the vocabulary, tied to the input embeddings when the source tied them."""
+
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: SkipPruneConfig):
@@ -62,24 +94,13 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         self.model = self._stock_class(text)
         for block, has_attention, has_mlp in zip(self.model.layers, config.layer_has_attention, config.layer_has_mlp):
             if not has_attention:
-                _remove(block, config.attention_modules, returns_attention_weights=True)
+                remove_sublayer(block, config.attention_modules, returns_attention_weights=True)
             if not has_mlp:
-                _remove(block, config.mlp_modules, returns_attention_weights=False)
+                remove_sublayer(block, config.mlp_modules, returns_attention_weights=False)
         self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
         self.ffn_skip = FFNSkipState(config, self.model) if config.adaptive_ffn_skip is not None else None
         self.ffn_skip_stats = None
         self.post_init()
-
-    def generate(self, *args, **kwargs):
-        """As usual; with adaptive FFN skipping, `self.ffn_skip_stats` then says how many FFN blocks this call
-        skipped out of how many it could have skipped."""
-        if self.ffn_skip is None:
-            return super().generate(*args, **kwargs)
-        self.ffn_skip.skipped = self.ffn_skip.eligible = 0
-        out = super().generate(*args, **kwargs)
-        s = self.ffn_skip
-        self.ffn_skip_stats = {"skipped": s.skipped, "eligible": s.eligible, "ratio": s.skipped / max(1, s.eligible)}
-        return out
 
     def get_decoder(self):
         return self.model
@@ -89,18 +110,17 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         input_ids=None,
         attention_mask=None,
         position_ids=None,
-        past_key_values=None,
         inputs_embeds=None,
         labels=None,
         use_cache=None,
         logits_to_keep=0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        # The cache arrives in kwargs under this transformers' name for it and goes on to the stock decoder.
         out = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -116,10 +136,24 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
             attentions=out.attentions,
+            **{_CACHE: getattr(out, _CACHE)},
         )
+
+    def generate(self, *args, **kwargs):
+        """As usual; with adaptive FFN skipping, `self.ffn_skip_stats` then says how many FFN blocks this call
+        skipped out of how many it could have skipped."""
+        if self.ffn_skip is None:
+            return super().generate(*args, **kwargs)
+        self.ffn_skip.skipped = self.ffn_skip.eligible = 0
+        out = super().generate(*args, **kwargs)
+        s = self.ffn_skip
+        self.ffn_skip_stats = {"skipped": s.skipped, "eligible": s.eligible, "ratio": s.skipped / max(1, s.eligible)}
+        return out
+
+
+# -- 3. input-adaptive FFN skipping ---------------------------------------------------------------------------
 
 
 class FFNSkipState:
@@ -137,9 +171,7 @@ class FFNSkipState:
         s = config.adaptive_ffn_skip
         self.threshold, self.warmup, self.max_skips = float(s["sim_threshold"]), int(s["warmup_tokens"]), int(s["max_skips"])
         n = len(model.layers)
-        self.layers = {
-            i for i in range(int(s["cold_start"]), n - int(s["cold_end"])) if config.layer_has_mlp[i]
-        }
+        self.layers = {i for i in range(int(s["cold_start"]), n - int(s["cold_end"])) if config.layer_has_mlp[i]}
         self.tokens = self.remaining = self.skipped = self.eligible = 0
         self.active, self.h = False, None
         model.register_forward_pre_hook(self._new_step, with_kwargs=True)
@@ -153,7 +185,8 @@ class FFNSkipState:
         x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         if x is None and args:
             x = args[0]
-        if x.shape[1] > 1 or kwargs.get("past_key_values") is None:
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if x.shape[1] > 1 or cache is None:
             self.tokens, self.active = 0, False  # a prompt: computed in full
         else:
             self.tokens += 1
@@ -187,11 +220,4 @@ def _make_adaptive(mlp: nn.Module, post_norm: nn.Module | None, state: FFNSkipSt
     mlp.forward = forward
 
 
-def _remove(block: nn.Module, names: list, returns_attention_weights: bool) -> None:
-    compute, *norms = names
-    setattr(block, compute, RemovedSublayer(returns_attention_weights))
-    for norm in norms:
-        setattr(block, norm, nn.Identity())
-
-
-__all__ = ["SkipPruneForCausalLM", "SkipPrunePreTrainedModel"]
+__all__ = ["SkipPruneForCausalLM", "SkipPrunePreTrainedModel", "remove_sublayer"]

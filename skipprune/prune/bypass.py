@@ -2,24 +2,26 @@
 
 The reference semantics of "removed": the sublayer still runs, but its contribution to the residual stream
 is zero (forward hooks). Export verification compares the physically pruned checkpoint against this, so
-the two are computed by independent mechanisms.
+the two are computed by independent mechanisms. torch is only needed once a hook fires.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
-
 from .families import Family
 from .plan import PrunePlan
 
 
 def _zero_attention(module, args, output):
+    import torch
+
     return (torch.zeros_like(output[0]), *output[1:])
 
 
 def _zero_mlp(module, args, output):
+    import torch
+
     return torch.zeros_like(output)
 
 

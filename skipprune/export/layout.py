@@ -13,26 +13,26 @@ from pathlib import Path
 
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
+from .remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
 from .source import Source
 from .writer import OutTensor, output_dtype
 
-REMOTE_DIR = Path(__file__).parent / "remote"
-REMOTE_FILES = ("configuration_skipprune.py", "modeling_skipprune.py")
-AUTO_MAP = {
-    "AutoConfig": "configuration_skipprune.SkipPruneConfig",
-    "AutoModelForCausalLM": "modeling_skipprune.SkipPruneForCausalLM",
-}
 # Config lists that are not per layer even when their length happens to equal num_hidden_layers.
 _NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens"}
 
 
-def map_tensors(source: Source, plan: PrunePlan, family: Family, dtype: str = "auto") -> list[OutTensor]:
-    """Output tensors in source storage order (sequential reads), renamed to output numbering."""
+def map_tensors(
+    source: Source, plan: PrunePlan, family: Family, dtype: str = "auto", ignored: frozenset[str] = frozenset()
+) -> list[OutTensor]:
+    """Output tensors in source storage order (sequential reads), renamed to output numbering; `ignored` source
+    tensors (which the model never reads) are left out."""
     pattern = re.compile(re.escape(family.layers_prefix) + r"(\d+)\.([^.]+)(\..*)?$")
     new_index = {layer.source: layer.output for layer in plan.layers}
     out = []
     for info in sorted(source.tensors.values(), key=lambda t: (t.file, t.start)):
         name = info.name
+        if name in ignored:
+            continue
         if m := pattern.match(name):
             i, child, rest = int(m.group(1)), m.group(2), m.group(3) or ""
             if i not in new_index:
@@ -44,11 +44,6 @@ def map_tensors(source: Source, plan: PrunePlan, family: Family, dtype: str = "a
     return out
 
 
-def removed_tensors(source: Source, plan: PrunePlan, family: Family) -> list[str]:
-    kept = {t.source.name for t in map_tensors(source, plan, family)}
-    return sorted(set(source.tensors) - kept)
-
-
 def stock_config(source_config: dict, plan: PrunePlan) -> dict:
     """The source config with only the kept blocks: num_hidden_layers and every per-layer list sliced."""
     kept = [layer.source for layer in plan.layers]
@@ -58,27 +53,6 @@ def stock_config(source_config: dict, plan: PrunePlan) -> dict:
             config[key] = [value[i] for i in kept]
     config["num_hidden_layers"] = len(kept)
     return config
-
-
-ADAPTIVE_DEFAULTS = {"cold_start": 2, "cold_end": 2, "sim_threshold": 0.99, "warmup_tokens": 5, "max_skips": 2}
-
-
-def parse_adaptive(text: str | None) -> dict | None:
-    """'default' or 'key=value,...' (unspecified keys take ADAPTIVE_DEFAULTS) -> settings; None stays None."""
-    from ..errors import PlanError
-
-    if text is None:
-        return None
-    settings = dict(ADAPTIVE_DEFAULTS)
-    for item in [] if text.strip() in ("", "default") else text.split(","):
-        key, _, value = item.strip().partition("=")
-        if key not in settings or not value:
-            raise PlanError(f"bad --adaptive-ffn item {item!r}: use key=value with keys {', '.join(settings)}")
-        try:
-            settings[key] = float(value) if key == "sim_threshold" else int(value)
-        except ValueError:
-            raise PlanError(f"bad --adaptive-ffn value {item!r}: {key} takes a number") from None
-    return settings
 
 
 def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: str, adaptive: dict | None = None) -> dict:
@@ -108,6 +82,20 @@ def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: s
         "dtype": text.get("dtype") or text.get("torch_dtype"),
         "text_config": {k: v for k, v in text.items() if k not in ("architectures", "auto_map", "transformers_version")},
     }
+
+
+def with_layer_types(config: dict) -> dict:
+    """Spell out `layer_types` when the family derives it from other fields, so slicing keeps each kept
+    layer's attention type (sliding or full) instead of re-deriving it for the new numbering."""
+    if "layer_types" in config:
+        return config
+    from transformers import AutoConfig
+
+    try:
+        derived = getattr(AutoConfig.for_model(**config), "layer_types", None)
+    except Exception:  # the source check reports a broken config with a clearer message
+        return config
+    return {**config, "layer_types": list(derived)} if derived else config
 
 
 def copy_remote_code(folder: Path) -> None:

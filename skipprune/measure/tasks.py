@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import SkippruneError
+from ..errors import MeasureError
+from ..records import TaskScore
 
 # name -> (few-shot count, metric reported)
 OPEN_LLM_V1 = {
@@ -24,20 +25,29 @@ def check_available() -> None:
         import lm_eval  # noqa: F401
         from lm_eval.models.huggingface import HFLM  # noqa: F401
     except ImportError:
-        raise SkippruneError("--tasks needs lm-evaluation-harness: pip install 'skipprune[lm-eval]'") from None
+        raise MeasureError("--tasks needs lm-evaluation-harness: pip install 'skipprune[lm-eval]'") from None
 
 
-def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None) -> dict:
-    """{task: {"value", "metric", "stderr", "num_fewshot", "limit", "local"}} for each task."""
+def check_tasks(tasks: list[str]) -> None:
+    """Fail on a missing lm-eval install or a missing task file before any model is loaded."""
+    if not tasks:
+        return
     check_available()
+    for t in tasks:
+        if t.endswith((".yaml", ".yml")):
+            if not Path(t).is_file():
+                raise MeasureError(f"task file {t} not found; pass a task YAML path or one of {', '.join(OPEN_LLM_V1)}")
+            _task_name(Path(t))
+
+
+def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None) -> dict[str, TaskScore]:
+    """lm-eval scores of an in-memory model, one per task."""
+    check_tasks(tasks)
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     local = {t: Path(t) for t in tasks if t.endswith((".yaml", ".yml"))}
-    for t, p in local.items():
-        if not p.is_file():
-            raise SkippruneError(f"task file {t} not found; pass a task YAML path or one of {', '.join(OPEN_LLM_V1)}")
     include = sorted({str(p.resolve().parent) for p in local.values()})
     manager = TaskManager(include_path=include or None, include_defaults=not local or len(local) < len(tasks))
     out = {}
@@ -48,17 +58,18 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None) -> d
         try:
             res = simple_evaluate(model=lm, tasks=[name], num_fewshot=shots, limit=limit, task_manager=manager)
         except (KeyError, ValueError) as e:
-            raise SkippruneError(f"unknown or broken task {task!r} ({e}); use a task YAML or one of {', '.join(OPEN_LLM_V1)}") from None
+            raise MeasureError(f"unknown or broken task {task!r} ({e}); use a task YAML or one of {', '.join(OPEN_LLM_V1)}") from None
         scores = res["results"][name]
         metric = metric or next(k.split(",")[0] for k in scores if k.endswith(",none") and "stderr" not in k)
-        out[name] = {
-            "value": scores[f"{metric},none"],
-            "metric": metric,
-            "stderr": scores.get(f"{metric}_stderr,none"),
-            "num_fewshot": shots or 0,
-            "limit": limit,
-            "local": task in local,
-        }
+        stderr = scores.get(f"{metric}_stderr,none")
+        out[name] = TaskScore(
+            value=float(scores[f"{metric},none"]),
+            metric=metric,
+            num_fewshot=shots or 0,
+            stderr=float(stderr) if isinstance(stderr, (int, float)) else None,
+            limit=limit,
+            local=task in local,
+        )
     return out
 
 
@@ -66,4 +77,4 @@ def _task_name(path: Path) -> str:
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.startswith("task:"):
             return line.split(":", 1)[1].strip().strip("'\"")
-    raise SkippruneError(f"{path} has no 'task:' name; add one")
+    raise MeasureError(f"{path} has no 'task:' name; add one")

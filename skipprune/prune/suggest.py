@@ -1,7 +1,7 @@
-"""Which layers matter: per-layer importance measured on calibration text, and plan suggestions.
+"""Which layers to remove: per-layer importance numbers (measured by skipprune.measure.importance) turned
+into plans for a budget, and the seed paper's grid of plans.
 
-For every decoder layer, over all calibration tokens (forward hooks; windows streamed one at a time; only
-running sums are kept):
+The numbers, per decoder layer, averaged over calibration tokens:
 - cosine between the residual stream before and after the attention sublayer, the MLP sublayer, and the
   whole block; Block Influence BI = 1 - cos(block in, block out) (ShortGPT, Men et al. 2024);
 - angular distance arccos(cos)/pi between the input of layer l and of layer l+n, for windows of n layers
@@ -12,13 +12,9 @@ running sums are kept):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import torch
-
-from ..errors import SkippruneError
-from .families import Family
+from ..errors import PlanError
 from .plan import PrunePlan, format_indices
 
 
@@ -56,83 +52,17 @@ class Importance:
         }
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).clamp(-1, 1)
-
-
-@torch.no_grad()
-def measure_importance(model, family: Family, windows, max_n: int | None = None) -> Importance:
-    """`windows`: an iterable of (1, seq) token tensors. Memory: one window's layer inputs at a time."""
-    layers = model.model.layers
-    n_layers = len(layers)
-    max_n = min(max_n or n_layers, n_layers)
-    sums = {k: [0.0] * n_layers for k in ("attention", "mlp", "block")}
-    ang = {n: [0.0] * (n_layers - n + 1) for n in range(1, max_n + 1)}
-    inputs: list[torch.Tensor | None] = [None] * (n_layers + 1)
-    attn_delta: list[torch.Tensor | None] = [None] * n_layers
-    tokens = 0
-
-    def keep_input(i):
-        def hook(module, args, kwargs):
-            inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
-
-        return hook
-
-    def keep_output(i):
-        def hook(module, args, output):
-            inputs[i + 1] = (output[0] if isinstance(output, tuple) else output).detach()
-
-        return hook
-
-    def keep_attention(i):
-        def hook(module, args, output):
-            attn_delta[i] = (output[0] if isinstance(output, tuple) else output).detach()
-
-        return hook
-
-    handles = []
-    for i, layer in enumerate(layers):
-        handles.append(layer.register_forward_pre_hook(keep_input(i), with_kwargs=True))
-        handles.append(layer.register_forward_hook(keep_output(i)))
-        handles.append(getattr(layer, family.attention_out).register_forward_hook(keep_attention(i)))
-    try:
-        for ids in windows:
-            model(input_ids=ids.to(model.device), use_cache=False)
-            count = ids.numel()
-            tokens += count
-            for i in range(n_layers):
-                x, y = inputs[i], inputs[i + 1]
-                mid = x + attn_delta[i]
-                sums["attention"][i] += _cos(x, mid).sum().item()
-                sums["mlp"][i] += _cos(mid, y).sum().item()
-                sums["block"][i] += _cos(x, y).sum().item()
-            for n, dist in ang.items():
-                for i in range(n_layers - n + 1):
-                    dist[i] += (torch.arccos(_cos(inputs[i], inputs[i + n])) / math.pi).sum().item()
-    finally:
-        for h in handles:
-            h.remove()
-    if tokens == 0:
-        raise SkippruneError("no calibration tokens: use a longer --text or more --samples")
-    mean = {k: [v / tokens for v in vals] for k, vals in sums.items()}
-    return Importance(mean["attention"], mean["mlp"], mean["block"],
-                      {n: [v / tokens for v in d] for n, d in ang.items()}, tokens)  # fmt: skip
-
-
-# -- suggestions -------------------------------------------------------------------------------------------
-
-
 def parse_target(target: str) -> tuple[str, float]:
     """'attn:25%' (attention layers), 'kv:25%' (KV cache; same as attention), 'params:10%' -> (kind, fraction)."""
     kind, _, value = target.partition(":")
     if kind not in ("attn", "kv", "params") or not value.endswith("%"):
-        raise SkippruneError(f"bad --suggest {target!r}: use attn:P%, kv:P% or params:P% (e.g. attn:25%)")
+        raise PlanError(f"bad --suggest {target!r}: use attn:P%, kv:P% or params:P% (e.g. attn:25%)")
     try:
         share = float(value[:-1]) / 100
     except ValueError:
-        raise SkippruneError(f"bad --suggest {target!r}: the percentage is not a number") from None
+        raise PlanError(f"bad --suggest {target!r}: the percentage is not a number") from None
     if not 0 < share < 1:
-        raise SkippruneError(f"bad --suggest {target!r}: the share must be between 0% and 100%")
+        raise PlanError(f"bad --suggest {target!r}: the share must be between 0% and 100%")
     return kind, share
 
 
@@ -180,3 +110,29 @@ def suggest(imp: Importance, target: str, block_params: int = 1, total_params: i
         out.append(Suggestion("best-window", f"blocks {start}-{start + count - 1}: the {count}-layer window whose ends "
                               f"are closest (angular distance {dists[start]:.3f}, Gromov et al.)", PrunePlan(n, window, window)))  # fmt: skip
     return out
+
+
+KEEP = (100, 90, 75, 66)
+KINDS = ("attention", "mlp", "blocks")
+_SPEC_OPTION = {"attention": "drop_attn", "mlp": "drop_mlp", "blocks": "drop_blocks"}
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    kind: str  # "none" for the full model, else one of KINDS
+    kept_percent: int
+    keep_last_layer: bool
+    plan: PrunePlan
+
+
+def paper_grid(num_layers: int) -> list[GridPoint]:
+    """Tyukin et al. 2024, Tables 1-3 and 7: attention, MLP or whole blocks removed from the last layers, keeping
+    100 / 90 / 75 / 66 % of them, with and without keeping the final layer; the full model first."""
+    points = [GridPoint("none", 100, False, PrunePlan(num_layers))]
+    for kind in KINDS:
+        for keep in KEEP[1:]:
+            for keep_last in (False, True):
+                spec = {_SPEC_OPTION[kind]: f"last:{100 - keep}%"}
+                plan = PrunePlan.from_specs(num_layers, keep_last_layer=keep_last, **spec)
+                points.append(GridPoint(kind, keep, keep_last, plan))
+    return points

@@ -1,0 +1,112 @@
+"""Loading models to measure them: resolve, refuse code that was not opted into, check the model fits, then
+load it with its tokenizer.
+
+Remote code: an export whose code is exactly skipprune's own (see export.remote.is_own_code) is loaded with
+trust_remote_code; any other model's own code runs only with trust_remote_code=True. Tokenizers of exports
+are stock and always load without remote code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MeasureError, SourceError, translated
+from ..export.remote import is_own_code
+from ..export.source import index_tensors, read_config, resolve_folder
+from ..prune.families import Family, family_for
+from ..system import available_memory
+
+
+@dataclass
+class Prepared:
+    """Everything about a model but its weights."""
+
+    ref: str  # as the user gave it
+    label: str  # how records name it: the Hub id, or a local folder's name
+    folder: Path
+    config: dict
+    trust: bool  # run the model's own code
+    tokenizer: object
+
+    @property
+    def max_positions(self) -> int:
+        config = self.config.get("text_config", self.config)
+        return int(config.get("max_position_embeddings") or 2048)
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.config.get("text_config", self.config).get("vocab_size")
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MeasureError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return device
+
+
+def prepare(ref: str, device: str, trust_remote_code: bool = False, revision: str | None = None) -> Prepared:
+    """Resolve `ref`, refuse foreign code and models that won't fit, load the tokenizer."""
+    folder, sha = resolve_folder(ref, revision)
+    config = read_config(folder, ref)
+    own = is_own_code(folder, config)
+    needs_code = "auto_map" in config
+    if needs_code and not (own or trust_remote_code):
+        raise MeasureError(
+            f"{ref} ships its own modeling code, which is not exactly skipprune's; pass --trust-remote-code if you "
+            "trust it"
+        )
+    _check_fits(folder, ref, device, 4 if device == "cpu" else None)
+    tokenizer = _tokenizer(folder, ref, config, own, trust_remote_code)
+    return Prepared(ref, ref if sha else folder.name, folder, config, own or trust_remote_code, tokenizer)
+
+
+def _tokenizer(folder: Path, ref: str, config: dict, own: bool, trust_remote_code: bool):
+    from transformers import AutoConfig, AutoTokenizer
+
+    with translated(MeasureError, f"loading the tokenizer of {ref}", "check its tokenizer files"):
+        if own:  # an export's tokenizer is its source's: hand over the stock config, run no code
+            stock = AutoConfig.for_model(**config["text_config"])
+            return AutoTokenizer.from_pretrained(folder, config=stock, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+
+
+def load_model(prepared: Prepared, device: str):
+    """fp32 on CPU (bf16 matmuls there are slow and imprecise), the checkpoint dtype on CUDA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.float32 if device == "cpu" else "auto"
+    with translated(MeasureError, f"loading {prepared.ref}", "check the model folder"):
+        model = AutoModelForCausalLM.from_pretrained(prepared.folder, dtype=dtype, trust_remote_code=prepared.trust)
+        model = model.to(device)
+    return model.eval()
+
+
+def prepare_stock(ref: str, device: str, trust_remote_code: bool = False) -> tuple[Prepared, Family]:
+    """A stock model of a supported family (what analyze and sweep take), refused before loading otherwise."""
+    prepared = prepare(ref, device, trust_remote_code)
+    if prepared.config.get("model_type") == "skipprune":
+        raise SourceError(f"{ref} is already a skipprune export; use the source model instead")
+    return prepared, family_for(prepared.config.get("model_type"), prepared.config)
+
+
+def _check_fits(folder: Path, ref: str, device: str, bytes_per_param: int | None) -> None:
+    tensors = index_tensors(folder).values()
+    need = sum(math.prod(t.shape) * bytes_per_param for t in tensors) if bytes_per_param else sum(t.nbytes for t in tensors)
+    if device == "cuda":
+        import torch
+
+        free = torch.cuda.mem_get_info()[0]
+    else:
+        free = available_memory()
+    if need > 0.9 * free:
+        raise MeasureError(
+            f"{ref} needs about {need / 2**30:.1f} GiB on {device} but {free / 2**30:.1f} GiB are free; "
+            "use a larger device (--device cuda) or a smaller model"
+        )

@@ -1,0 +1,107 @@
+"""The seed paper's grid, in memory: attention, MLP or whole blocks removed from the last layers, keeping
+100 / 90 / 75 / 66 % of them, with and without keeping the final layer (Tyukin et al. 2024, Tables 1-3, 7).
+
+Sublayers are removed in place with the very function the exported modeling file uses (one definition of
+"removed"), so perplexity equals that of the export, and speed reflects the work actually skipped; the model
+is restored after each point. Latency: at each point the full and the pruned model take turns.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..prune.families import Family
+from ..prune.plan import PrunePlan
+from ..prune.suggest import KEEP, KINDS, paper_grid
+from ..records import PerplexityProtocol, encode
+from . import speed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepRow:
+    kind: str
+    kept_percent: int
+    keep_last_layer: bool
+    removed_layers: list[int]
+    perplexity: float
+    perplexity_protocol: PerplexityProtocol
+    one_token_s: float | None = None  # batch 8, 50-token prompts
+    full_model_one_token_s: float | None = None
+    tasks: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def latency_ratio(self) -> float | None:
+        return self.one_token_s / self.full_model_one_token_s if self.one_token_s and self.full_model_one_token_s else None
+
+
+@contextmanager
+def removed_in_place(model, plan: PrunePlan, family: Family):
+    """Within the block, `model` computes what the export of `plan` computes. A removed block keeps its slot
+    with both sublayers stubbed (the residual passes through unchanged), so per-layer config lists stay valid."""
+    from ..export.remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
+
+    saved = []
+    for i, layer in enumerate(model.model.layers):
+        for names, gone, is_attn in ((family.attention, plan.drop_attention, True), (family.mlp, plan.drop_mlp, False)):
+            if i in gone:
+                saved += [(layer, n, getattr(layer, n)) for n in names]
+                remove_sublayer(layer, list(names), returns_attention_weights=is_attn)
+    try:
+        yield model
+    finally:
+        for layer, name, module in saved:
+            setattr(layer, name, module)
+
+
+def run_sweep(model, family: Family, measure_point, with_speed: bool = True) -> list[SweepRow]:
+    """`measure_point(model) -> (perplexity, protocol, task scores)` is called at every grid point."""
+    n = len(model.model.layers)
+    rows = []
+    prompts = speed.prompt_batch(model, speed.BATCH, 50)
+    for point in paper_grid(n):
+        plan = point.plan
+        label = "full model" if point.kind == "none" else f"{point.kind} kept {point.kept_percent}%"
+        log.info("  %s%s ...", label, " +last" if point.keep_last_layer else "")
+        with removed_in_place(model, plan, family):
+            ppl, protocol, tasks = measure_point(model)
+        latency = base = None
+        if with_speed:  # full and pruned take turns at every point, so each ratio compares like with like
+
+            def pruned(plan=plan):
+                with removed_in_place(model, plan, family):
+                    speed.predict_one_token(model, prompts)
+
+            base, latency = speed.alternating_medians([lambda: speed.predict_one_token(model, prompts), pruned])
+        removed = sorted(plan.drop_attention | plan.drop_mlp)
+        rows.append(SweepRow(point.kind, point.kept_percent, point.keep_last_layer, removed, ppl, protocol, latency, base, tasks))
+    return rows
+
+
+def tables(rows: list[SweepRow]) -> str:
+    """One table per kind, laid out like the paper's: kept %, then without / with the final layer kept."""
+    base = rows[0]
+    out = []
+    for kind in KINDS:
+        out.append(f"\n{kind} removed from the last layers")
+        out.append(f"{'kept':>6} {'layers removed':>18} {'ppl':>9} {'ppl (+last)':>12} {'latency':>8} {'lat (+last)':>12}")
+        out.append(f"{'100%':>6} {'-':>18} {base.perplexity:>9.2f} {base.perplexity:>12.2f} {'1.000':>8} {'1.000':>12}")
+        for keep in KEEP[1:]:
+            a, b = (
+                next(r for r in rows if r.kind == kind and r.kept_percent == keep and r.keep_last_layer == last)
+                for last in (False, True)
+            )
+
+            def lat(r):
+                return f"{r.latency_ratio:.3f}" if r.latency_ratio else "-"
+
+            removed = ",".join(map(str, a.removed_layers))
+            out.append(f"{keep:>5}% {removed:>18} {a.perplexity:>9.2f} {b.perplexity:>12.2f} {lat(a):>8} {lat(b):>12}")
+    return "\n".join(out)
+
+
+def rows_to_json(rows: list[SweepRow]) -> list[dict]:
+    return [{**encode(r), "latency_ratio": r.latency_ratio} for r in rows]

@@ -1,0 +1,59 @@
+"""Text to measure on: a file, the bundled held-out split, or WikiText-2 (test), cut into token windows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..data import HELDOUT, HELDOUT_NAME
+from ..errors import MeasureError
+
+BUNDLED = "bundled"
+WIKITEXT = "wikitext2"
+
+
+def check_text_arg(text: str | None) -> None:
+    """Fail on a missing or empty --text file before any model is loaded."""
+    if text in (None, BUNDLED, WIKITEXT):
+        return
+    path = Path(text)
+    if not path.is_file():
+        raise MeasureError(f"--text {text}: no such file; pass a UTF-8 text file, 'bundled' or 'wikitext2'")
+    if path.stat().st_size == 0:
+        raise MeasureError(f"--text {text} is empty; pass a file with some text")
+
+
+def read_text(text: str | None) -> tuple[str, str]:
+    """(text, description): the description names a file by its name only (records are shared)."""
+    check_text_arg(text)
+    if text in (None, BUNDLED):
+        return HELDOUT.read_text(encoding="utf-8"), HELDOUT_NAME
+    if text == WIKITEXT:
+        try:
+            from datasets import load_dataset
+        except ImportError:
+            raise MeasureError("--text wikitext2 needs the datasets library: pip install 'skipprune[wikitext]'") from None
+        try:
+            rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
+        except Exception as e:  # offline, or the dataset moved
+            raise MeasureError(f"could not load WikiText-2 ({type(e).__name__}); pass --text FILE instead") from None
+        return "\n\n".join(rows), "WikiText-2 raw test split"
+    path = Path(text)
+    content = path.read_text(encoding="utf-8", errors="replace")
+    if not content.strip():
+        raise MeasureError(f"--text {text} is empty; pass a file with some text")
+    return content, f"file {path.name}"
+
+
+def token_windows(tokenizer, text: str, seq_len: int, samples: int | None = None):
+    """The text tokenized once and cut into non-overlapping windows of `seq_len` tokens, at most `samples` of
+    them: a (windows, seq_len) tensor. The tail shorter than a window is dropped."""
+    import torch
+
+    ids = torch.tensor(tokenizer(text)["input_ids"])
+    count = len(ids) // seq_len
+    if count == 0:
+        raise MeasureError(
+            f"the text has {len(ids)} tokens, fewer than one window of {seq_len}; use a longer --text or a smaller --seq-len"
+        )
+    count = min(count, samples) if samples else count
+    return ids[: count * seq_len].view(count, seq_len)

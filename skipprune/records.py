@@ -1,0 +1,341 @@
+"""The typed records that flow between the stages and live in an export folder.
+
+- `ExportRecord` (`skipprune.json`): what was removed from which source, and how the result was verified.
+- `Results` (`results.json`): what a model, and optionally its baseline, measured.
+
+Both are versioned (`schema_version`) and symmetric (`save` / `load`, `to_dict` / `from_dict`). Loading checks
+every field's type before anything uses it, reads the previous schema version, refuses a newer one, and
+tolerates unknown keys with a warning (a newer skipprune may have added them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+from .version import __version__
+from .errors import RecordError
+from .prune.plan import PrunePlan
+from .system import write_text_durably
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "skipprune.json"
+RESULTS_FILE = "results.json"
+SCHEMA_VERSION = 2
+
+
+# -- skipprune.json ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SourceRef:
+    id: str  # a Hub id, or a local folder's name (never its path: records are shared)
+    revision: str | None = None  # the Hub commit sha; None for a local folder
+    model_type: str | None = None
+
+    @property
+    def on_hub(self) -> bool:
+        return self.revision is not None
+
+    @property
+    def label(self) -> str:
+        """How a card names the source: `org/name@sha` on the Hub, the folder name for a local copy."""
+        return f"{self.id}@{self.revision}" if self.on_hub else Path(self.id).name
+
+
+@dataclass
+class StructureCheck:
+    tensors: int
+    bytes_compared: int
+    converted_to: str | None = None  # with --dtype: kept tensors were compared with the source converted to it
+    model_expects_them: bool = False  # the output model, built from the written config, expects exactly these
+
+
+@dataclass
+class NumericCheck:
+    max_abs_logit_diff: float
+    tokens: int
+    dtype: str
+    mode: str = "in-memory"
+
+
+@dataclass
+class Verification:
+    structure: StructureCheck
+    numerics: NumericCheck | None = None
+    numerics_skipped: str | None = None  # why the logit check did not run
+
+
+@dataclass
+class ByteCounts:
+    source: int
+    output: int
+
+
+@dataclass
+class ExportRecord:
+    source: SourceRef
+    plan: PrunePlan
+    architecture: str  # "stock" (only whole blocks removed) or "skipprune"
+    bytes: ByteCounts
+    verification: Verification
+    dtype: str = "auto"
+    adaptive_ffn_skip: dict | None = None
+    ignored_tensors: list[str] = field(default_factory=list)  # source tensors the model never reads
+    command: str | None = None  # how to reproduce it, without local paths
+    skipprune_version: str = __version__
+    transformers_version: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def stock(self) -> bool:
+        return self.architecture == "stock"
+
+    def to_dict(self) -> dict:
+        return encode(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = RECORD_FILE) -> ExportRecord:
+        if isinstance(data, dict) and data.get("schema_version", 1) == 1:
+            data = _export_record_v1(data)
+        return _decode_record(cls, data, where)
+
+    def save(self, folder: Path) -> Path:
+        return _save(Path(folder) / RECORD_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, folder: Path) -> ExportRecord:
+        path = Path(folder) / RECORD_FILE
+        if not path.is_file():
+            raise RecordError(f"{folder} has no {RECORD_FILE}; point at a folder written by `skipprune export`")
+        return cls.from_dict(_read(path, "export again or restore the file"), str(path))
+
+
+def _export_record_v1(data: dict) -> dict:
+    """Version 1 wrote the skipped logit check as a string in place of its result."""
+    verification = dict(data.get("verification") or {})
+    if isinstance(verification.get("numerics"), str):
+        verification["numerics_skipped"] = verification.pop("numerics")
+    return {**data, "verification": verification, "schema_version": SCHEMA_VERSION}
+
+
+# -- results.json --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PerplexityProtocol:
+    text: str  # what was read: "file NAME", the bundled split, or WikiText-2 (never a local path)
+    tokens: int
+    windows: int
+    seq_len: int
+    predicted_tokens: int
+    unit: str = "token"
+
+
+@dataclass
+class Latency:
+    batch: int
+    prompt_tokens: int
+    seconds: float  # median time to predict one token for the whole batch (prefill)
+
+
+@dataclass
+class Speed:
+    device: str
+    dtype: str
+    latency: list[Latency] = field(default_factory=list)
+    decode_tokens: int = 128
+    decode_tokens_per_s: float | None = None
+    peak_generation_memory_bytes: int | None = None  # where the device reports it (CUDA)
+
+
+@dataclass
+class TaskScore:
+    value: float
+    metric: str
+    num_fewshot: int
+    stderr: float | None = None
+    limit: int | None = None
+    local: bool = False  # a local task YAML, not a Hub dataset
+
+
+@dataclass
+class Measurement:
+    model: str
+    params: int | None = None
+    disk_bytes: int | None = None
+    kv_bytes_per_token: int | None = None
+    perplexity: float | None = None
+    perplexity_protocol: PerplexityProtocol | None = None
+    speed: Speed | None = None
+    tasks: dict[str, TaskScore] = field(default_factory=dict)
+
+
+@dataclass
+class Results(Measurement):
+    """One model's measurements, and its baseline's from the same run (speed measured interleaved)."""
+
+    baseline: Measurement | None = None
+    skipprune_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return encode(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = RESULTS_FILE) -> Results:
+        if isinstance(data, dict) and data.get("schema_version", 1) == 1:
+            data = _results_v1(data)
+        return _decode_record(cls, data, where)
+
+    def save(self, path: Path) -> Path:
+        return _save(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> Results:
+        path = Path(path)
+        if not path.is_file():
+            raise RecordError(f"{path}: no such results file; write one with `skipprune eval --json`")
+        return cls.from_dict(_read(path, "write it again with `skipprune eval --json`"), str(path))
+
+
+_V1_LATENCY = re.compile(r"one_token_s_batch(\d+)_len(\d+)")
+
+
+def _results_v1(data: dict) -> dict:
+    """Version 1 encoded speed entries in key names (`one_token_s_batch8_len50`)."""
+
+    def measurement(d: dict) -> dict:
+        d = dict(d)
+        speed = d.get("speed")
+        if isinstance(speed, dict):
+            latency = [
+                {"batch": int(m[1]), "prompt_tokens": int(m[2]), "seconds": v}
+                for k, v in speed.items()
+                if (m := _V1_LATENCY.fullmatch(k))
+            ]
+            rest = {k: v for k, v in speed.items() if not _V1_LATENCY.fullmatch(k)}
+            d["speed"] = {**rest, "latency": latency} if rest or latency else None
+        return d
+
+    out = measurement(data)
+    if isinstance(data.get("baseline"), dict):
+        out["baseline"] = measurement(data["baseline"])
+    return {**out, "schema_version": SCHEMA_VERSION}
+
+
+# -- encoding and checked decoding ---------------------------------------------------------------------------
+
+
+def encode(value: Any) -> Any:
+    """A record (or any value holding records) as plain JSON data."""
+    if isinstance(value, PrunePlan):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value):
+        return {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    return value
+
+
+def _decode_record(cls, data: Any, where: str):
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise RecordError(f"{where} has schema version {version}, newer than this skipprune reads; pip install -U skipprune")
+    return _decode(cls, data, Path(where).name, where)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _decode(tp, value, path: str, where: str):
+    try:
+        return _value(tp, value, path)
+    except _Bad as e:
+        raise RecordError(f"{where}: {e}; write the file again with skipprune (export, or eval --json)") from None
+
+
+def _value(tp, value, path: str):
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _value(options[0], value, path)
+    if tp is Any:
+        return value
+    if tp is PrunePlan:
+        return _plan(value, path)
+    if dataclasses.is_dataclass(tp):
+        return _fields(tp, value, path)
+    if origin is list:
+        (item,) = get_args(tp)
+        _expect(isinstance(value, list), path, "a list", value)
+        return [_value(item, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        _expect(isinstance(value, dict), path, "an object", value)
+        args = get_args(tp)
+        return {k: _value(args[1], v, f"{path}.{k}") for k, v in value.items()} if args else value
+    if tp is bool:
+        _expect(isinstance(value, bool), path, "true or false", value)
+    elif tp is int:
+        _expect(isinstance(value, int) and not isinstance(value, bool), path, "a whole number", value)
+    elif tp is float:
+        _expect(isinstance(value, (int, float)) and not isinstance(value, bool), path, "a number", value)
+        return float(value)
+    elif tp is str:
+        _expect(isinstance(value, str), path, "a string", value)
+    return value
+
+
+def _expect(ok: bool, path: str, what: str, value) -> None:
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+        raise _Bad(f"{path} must be {what}, not {shown}")
+
+
+def _fields(cls, data, path: str):
+    _expect(isinstance(data, dict), path, "an object", data)
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        log.warning("%s: ignoring unknown field(s) %s (written by a newer skipprune?)", path, ", ".join(unknown))
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _value(hints[f.name], data[f.name], f"{path}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _Bad(f"{path}.{f.name} is missing")
+    return cls(**kwargs)
+
+
+def _plan(data, path: str) -> PrunePlan:
+    _expect(isinstance(data, dict), path, "an object", data)
+    n = _value(int, data.get("source_num_layers"), f"{path}.source_num_layers")
+    sets = [_value(list[int], data.get(k), f"{path}.{k}") for k in ("drop_attention", "drop_mlp")]
+    if n < 1 or any(not 0 <= i < n for s in sets for i in s):
+        raise _Bad(f"{path} names layers outside 0-{n - 1}")
+    return PrunePlan(n, frozenset(sets[0]), frozenset(sets[1]))
+
+
+def _read(path: Path, fix: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RecordError(f"{path}: unreadable ({str(e).splitlines()[0] or type(e).__name__}); {fix}") from None
+
+
+def _save(path: Path, data: dict) -> Path:
+    write_text_durably(path, json.dumps(data, indent=2) + "\n")
+    return path
