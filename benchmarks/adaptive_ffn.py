@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import skipprune  # noqa: E402
-from skipprune.cards.scores import interleaved_decode  # noqa: E402
-from skipprune.demo import HELDOUT, MODEL  # noqa: E402
+import skipprune
+from skipprune.data import DEMO_MODEL as MODEL
+from skipprune.data import HELDOUT
+from skipprune.measure.speed import interleaved_decode
 
 NEVER = {"cold_start": 0, "cold_end": 0, "sim_threshold": 2.0, "warmup_tokens": 5, "max_skips": 1}
 
@@ -78,20 +77,25 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=16)
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp()) / "adaptive"
-    skipprune.export(MODEL, out, adaptive_ffn=NEVER, verify_numerics=False, log=lambda m: None)
+    skipprune.export(MODEL, out, adaptive_ffn=NEVER, verify_numerics=False)
     tok = AutoTokenizer.from_pretrained(MODEL)
     ids = torch.tensor(tok(HELDOUT.read_text(encoding="utf-8"))["input_ids"])
     windows = [ids[i * args.window : (i + 1) * args.window].unsqueeze(0) for i in range(args.windows)]
 
     def load(**settings):
-        return AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32,
-                                                    adaptive_ffn_skip={**NEVER, **settings}).eval()  # fmt: skip
+        return AutoModelForCausalLM.from_pretrained(
+            out, trust_remote_code=True, dtype=torch.float32, adaptive_ffn_skip={**NEVER, **settings}
+        ).eval()
 
     full = load()
     base_ppl, _ = teacher_forced(full, windows, args.prompt)
-    print(f"demo model, {args.windows} held-out windows of {args.window} tokens ({args.prompt}-token prompts), "
-          f"warm-up 5 tokens, max_skips 2; full model: perplexity {base_ppl:.2f}")  # fmt: skip
-    print("| sim_threshold | cold regions | skip ratio | perplexity | random skip, same ratio | decode tok/s (vs full) |")
+    print(
+        f"demo model, {args.windows} held-out windows of {args.window} tokens ({args.prompt}-token prompts), "
+        f"warm-up 5 tokens, max_skips 2; full model: perplexity {base_ppl:.2f}"
+    )
+    print(
+        "| sim_threshold | cold regions | skip ratio | perplexity | random skip, same ratio | decode tok/s (vs full) |"
+    )
     print("|---:|---|---:|---:|---:|---:|")
     for threshold in (0.995, 0.99, 0.98):
         for cold in ((2, 2), (0, 0)):
@@ -104,7 +108,9 @@ def main() -> None:
             if cold == (2, 2):
                 fast, slow = interleaved_decode([model, full], repeats=5)
                 speed = f"{fast:.1f} ({fast / slow:.2f}x)"
-            print(f"| {threshold} | {'first/last 2' if cold[0] else 'none'} | {ratio:.1%} | {ppl:.2f} | {rnd_ppl:.2f} | {speed} |")
+            print(
+                f"| {threshold} | {'first/last 2' if cold[0] else 'none'} | {ratio:.1%} | {ppl:.2f} | {rnd_ppl:.2f} | {speed} |"
+            )
 
 
 if __name__ == "__main__":

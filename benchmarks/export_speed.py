@@ -41,14 +41,19 @@ def make_checkpoint(folder: Path, layers: int) -> None:
     for n in range(layers):
         p = f"model.layers.{n}."
         shard = shards[0 if n < layers // 2 else 1]
-        shard.update({
-            p + "self_attn.q_proj.weight": rnd(h, h), p + "self_attn.k_proj.weight": rnd(kv, h),
-            p + "self_attn.v_proj.weight": rnd(kv, h), p + "self_attn.o_proj.weight": rnd(h, h),
-            p + "mlp.gate_proj.weight": rnd(i, h), p + "mlp.up_proj.weight": rnd(i, h),
-            p + "mlp.down_proj.weight": rnd(h, i),
-            p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
-            p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
-        })  # fmt: skip
+        shard.update(
+            {
+                p + "self_attn.q_proj.weight": rnd(h, h),
+                p + "self_attn.k_proj.weight": rnd(kv, h),
+                p + "self_attn.v_proj.weight": rnd(kv, h),
+                p + "self_attn.o_proj.weight": rnd(h, h),
+                p + "mlp.gate_proj.weight": rnd(i, h),
+                p + "mlp.up_proj.weight": rnd(i, h),
+                p + "mlp.down_proj.weight": rnd(h, i),
+                p + "input_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+                p + "post_attention_layernorm.weight": torch.ones(h, dtype=torch.bfloat16),
+            }
+        )
     shards[1]["model.norm.weight"] = torch.ones(h, dtype=torch.bfloat16)
     shards[1]["lm_head.weight"] = rnd(SHAPE["vocab"], h)
     names = [f"model-0000{k + 1}-of-00002.safetensors" for k in range(2)]
@@ -58,10 +63,18 @@ def make_checkpoint(folder: Path, layers: int) -> None:
         weight_map.update({t: name for t in tensors})
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     config = dict(
-        model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=SHAPE["vocab"], hidden_size=h,
-        intermediate_size=i, num_hidden_layers=layers, num_attention_heads=SHAPE["heads"],
-        num_key_value_heads=SHAPE["kv_heads"], max_position_embeddings=2048, rms_norm_eps=1e-5, dtype="bfloat16",
-    )  # fmt: skip
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        vocab_size=SHAPE["vocab"],
+        hidden_size=h,
+        intermediate_size=i,
+        num_hidden_layers=layers,
+        num_attention_heads=SHAPE["heads"],
+        num_key_value_heads=SHAPE["kv_heads"],
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        dtype="bfloat16",
+    )
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
@@ -89,12 +102,18 @@ def main() -> None:
 
     src = args.dir / "source"
     if not (src / "config.json").exists():
-        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import export_speed; " \
-               f"export_speed.make_checkpoint(__import__('pathlib').Path({str(src)!r}), {args.layers})"
+        code = (
+            f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import export_speed; "
+            f"export_speed.make_checkpoint(__import__('pathlib').Path({str(src)!r}), {args.layers})"
+        )
         subprocess.run([sys.executable, "-c", code], check=True)
     size = sum(p.stat().st_size for p in src.iterdir())
     exe = shutil.which("skipprune") or sys.exit("install skipprune first (pip install -e .)")
-    runs: dict[str, list[tuple[float, int]]] = {"cp -r": [], "skipprune export": [], "python -c 'import torch, transformers'": []}
+    runs: dict[str, list[tuple[float, int]]] = {
+        "cp -r": [],
+        "skipprune export": [],
+        "python -c 'import torch, transformers'": [],
+    }
     cmds = {
         "cp -r": lambda out: ["cp", "-r", str(src), str(out)],
         "skipprune export": lambda out: [exe, "export", str(src), str(out), "--drop-blocks", args.drop, "--no-verify"],
@@ -108,8 +127,10 @@ def main() -> None:
     shutil.rmtree(args.dir / "out", ignore_errors=True)
 
     base = statistics.median(w for w, _ in runs["cp -r"][1:])
-    print(f"source: {size / 2**30:.2f} GiB, {args.layers} layers, drop-blocks {args.drop}; {os.cpu_count()} CPUs; "
-          f"median of {args.repeats} interleaved runs")  # fmt: skip
+    print(
+        f"source: {size / 2**30:.2f} GiB, {args.layers} layers, drop-blocks {args.drop}; {os.cpu_count()} CPUs; "
+        f"median of {args.repeats} interleaved runs"
+    )
     print("| command | median wall (s) | vs cp -r | peak RSS (MiB) |\n|---|---:|---:|---:|")
     for name, rs in runs.items():
         rs = rs[1:]

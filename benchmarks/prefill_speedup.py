@@ -17,19 +17,28 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import skipprune  # noqa: E402
-from skipprune.cards.scores import interleaved_latency, kv_bytes_per_token  # noqa: E402
+import skipprune
+from skipprune.measure.speed import interleaved_latency, kv_bytes_per_token
 
-SHAPE = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=12, num_attention_heads=16,
-             num_key_value_heads=16, vocab_size=32000, max_position_embeddings=512)  # fmt: skip
-VARIANTS = {"attention-33%": {"drop_attn": "last:4"}, "MLP-33%": {"drop_mlp": "last:4"}, "blocks-33%": {"drop_blocks": "last:4"}}
+SHAPE = dict(
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=12,
+    num_attention_heads=16,
+    num_key_value_heads=16,
+    vocab_size=32000,
+    max_position_embeddings=512,
+)
+VARIANTS = {
+    "attention-33%": {"drop_attn": "last:4"},
+    "MLP-33%": {"drop_mlp": "last:4"},
+    "blocks-33%": {"drop_blocks": "last:4"},
+}
 FOLDERS = {"attention-33%": "attn33", "MLP-33%": "mlp33", "blocks-33%": "blocks33"}  # valid module names
 
 
@@ -55,13 +64,17 @@ def main() -> None:
     for name, spec in VARIANTS.items():
         out = args.dir / FOLDERS[name]
         shutil.rmtree(out, ignore_errors=True)
-        skipprune.export(src, out, verify_numerics=False, log=lambda m: None, card=False, **spec)
+        skipprune.export(src, out, verify_numerics=False, card=False, **spec)
         models[name] = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32, trust_remote_code=True).eval()
     kept = {"original": (12, 12), "attention-33%": (8, 12), "MLP-33%": (12, 8), "blocks-33%": (8, 8)}
     kv = {name: kv_bytes_per_token(m) for name, m in models.items()}
-    print(f"{SHAPE['num_hidden_layers']} layers, hidden {SHAPE['hidden_size']}, fp32, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved repeats")  # fmt: skip
-    print("| variant | prompt | latency (ms) | speed-up | FLOP-ideal speed-up | speed-up / ideal | time saved / ideal saving | KV bytes/token |")
+    print(
+        f"{SHAPE['num_hidden_layers']} layers, hidden {SHAPE['hidden_size']}, fp32, batch {args.batch}, "
+        f"{torch.get_num_threads()} threads; median of {args.repeats} interleaved repeats"
+    )
+    print(
+        "| variant | prompt | latency (ms) | speed-up | FLOP-ideal speed-up | speed-up / ideal | time saved / ideal saving | KV bytes/token |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for length in (50, 100):
         times = dict(zip(models, interleaved_latency(list(models.values()), args.batch, length, args.repeats)))
@@ -71,7 +84,9 @@ def main() -> None:
             ideal = flops(12, 12, length) / flops(a, m, length)
             saved = (1 - 1 / speedup) / (1 - 1 / ideal) if ideal > 1 else None
             ratio, saving = ("-", "-") if saved is None else (f"{speedup / ideal:.1%}", f"{saved:.0%}")
-            print(f"| {name} | {length} | {t * 1e3:.1f} | {speedup:.3f} | {ideal:.3f} | {ratio} | {saving} | {kv[name]:,} |")
+            print(
+                f"| {name} | {length} | {t * 1e3:.1f} | {speedup:.3f} | {ideal:.3f} | {ratio} | {saving} | {kv[name]:,} |"
+            )
     assert kv["attention-33%"] * 12 == kv["original"] * 8 and kv["blocks-33%"] * 12 == kv["original"] * 8
     assert kv["MLP-33%"] == kv["original"]
     print("KV bytes per token equal the kept-attention fraction exactly (8/12 for attention and blocks).")

@@ -82,7 +82,9 @@ def _options(*decorators):
     return apply
 
 
-text_option = click.option("--text", metavar="FILE", help="Text to measure on: a file, 'bundled' (default) or 'wikitext2'.")
+text_option = click.option(
+    "--text", metavar="FILE", help="Text to measure on: a file, 'bundled' (default) or 'wikitext2'."
+)
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 trust_option = click.option(
     "--trust-remote-code", is_flag=True, help="Allow the models' own code (an export's own is always allowed)."
@@ -128,7 +130,9 @@ def main():
 @click.option("--drop-blocks", metavar="SPEC", help="Remove these whole decoder blocks.")
 @click.option("--keep-last-layer", is_flag=True, help="last:N specs take the N layers just before the final one.")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 5GB, 500MB.")
-@click.option("--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["auto", "bfloat16", "float16", "float32"]), default="auto", show_default=True
+)
 @click.option("--revision", help="Hub branch, tag or commit of SOURCE.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new export is complete).")
 @click.option(
@@ -202,7 +206,9 @@ def push(output, repo_id, private, revision, commit_message):
 @click.argument("model")
 @click.option("--baseline", metavar="SOURCE", help="Measure this model too, in the same run, and report ratios.")
 @text_option
-@click.option("--seq-len", type=click.IntRange(min=2), help="Perplexity window (default: min(2048, the model's maximum)).")
+@click.option(
+    "--seq-len", type=click.IntRange(min=2), help="Perplexity window (default: min(2048, the model's maximum))."
+)
 @tasks_options
 @speed_option
 @device_option
@@ -254,7 +260,9 @@ def analyze(model, text, samples, seq_len, device, json_path, plot_path, target,
         for s in suggest(imp, target, result.block_params, result.total_params):
             command = s.command(model)
             click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe()}\n  {command}")
-            data["suggestions"].append({"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": command})
+            data["suggestions"].append(
+                {"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": command}
+            )
     _write_json(json_path, data)
     if plot_path:
         from .measure.plots import plot_importance

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-from .version import __version__
 from .errors import RecordError
 from .prune.plan import PrunePlan
 from .system import write_text_durably
+from .version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,9 @@ def encode(value: Any) -> Any:
 def _decode_record(cls, data: Any, where: str):
     version = data.get("schema_version") if isinstance(data, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise RecordError(f"{where} has schema version {version}, newer than this skipprune reads; pip install -U skipprune")
+        raise RecordError(
+            f"{where} has schema version {version}, newer than this skipprune reads; pip install -U skipprune"
+        )
     return _decode(cls, data, Path(where).name, where)
 
 

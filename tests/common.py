@@ -21,7 +21,9 @@ def digest(folder: Path) -> str:
 
 
 def run(*args, env=None, cwd=None):
-    return subprocess.run([EXE, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd)
+    return subprocess.run(
+        [EXE, *map(str, args)], capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd
+    )
 
 
 def assert_clean_failure(proc, needle: str, out: Path | None = None, after_progress: bool = False):

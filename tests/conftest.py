@@ -1,6 +1,7 @@
 import os
 
 import pytest
+
 from tiny import FAMILY_NAMES, make_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network

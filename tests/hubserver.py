@@ -162,8 +162,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if not (self._authorized() and self._repo(repo)) or self._failing("preupload"):
             return
         files = json.loads(self._body())["files"]
-        modes = [{"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular",
-                  "shouldIgnore": False} for f in files]  # fmt: skip
+        modes = [
+            {
+                "path": f["path"],
+                "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular",
+                "shouldIgnore": False,
+            }
+            for f in files
+        ]
         self._json(200, {"files": modes, "commitOid": self.state.repos[repo].branches.get(rev)})
 
     def lfs_batch(self, repo):
@@ -175,7 +181,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if obj["oid"] not in self.state.lfs:  # no actions: the server already has it
                 entry["actions"] = {"upload": {"href": f"{self.base}/lfs-upload/{obj['oid']}"}}
             objects.append(entry)
-        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(), ctype="application/vnd.git-lfs+json")
+        self._send(
+            200, json.dumps({"transfer": "basic", "objects": objects}).encode(), ctype="application/vnd.git-lfs+json"
+        )
 
     def lfs_put(self, oid):
         if self._failing("lfs_put"):
@@ -214,8 +222,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if files is None:
             return self._error(404, "Revision not found", "RevisionNotFound")
         sha = r.branches.get(rev or "main", rev)
-        self._json(200, {"id": repo, "modelId": repo, "sha": sha, "private": False, "tags": [], "downloads": 0,
-                         "likes": 0, "siblings": [{"rfilename": p} for p in sorted(files)]})  # fmt: skip
+        self._json(
+            200,
+            {
+                "id": repo,
+                "modelId": repo,
+                "sha": sha,
+                "private": False,
+                "tags": [],
+                "downloads": 0,
+                "likes": 0,
+                "siblings": [{"rfilename": p} for p in sorted(files)],
+            },
+        )
 
     def tree(self, repo, rev, sub=None):
         if (r := self._repo(repo)) is None:

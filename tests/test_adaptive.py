@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
-from common import assert_clean_failure, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.bypass import bypassed
+from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
+
+from common import assert_clean_failure, run
 
 PROMPT = torch.tensor([[5, 17, 42, 9, 77, 3, 11, 64]])
 GEN = dict(do_sample=False, pad_token_id=0)
@@ -38,7 +39,9 @@ def plain_and_adaptive(family_sources, tmp_path, request):
 def test_never_triggering_equals_plain_and_counts(plain_and_adaptive):
     _, plain, adaptive = plain_and_adaptive
     config = json.loads((adaptive / "config.json").read_text())
-    assert config["adaptive_ffn_skip"]["sim_threshold"] == 2.0 and config["mlp_input_module"] == "post_attention_layernorm"
+    assert (
+        config["adaptive_ffn_skip"]["sim_threshold"] == 2.0 and config["mlp_input_module"] == "post_attention_layernorm"
+    )
     a = load(adaptive, adaptive_ffn_skip=settings(warmup_tokens=3))
     with torch.no_grad():
         want = load(plain).generate(PROMPT, max_new_tokens=12, min_new_tokens=12, **GEN)

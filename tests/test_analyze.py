@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from common import assert_clean_failure, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
@@ -18,6 +17,8 @@ from skipprune.measure.sweep import removed_in_place
 from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
 from skipprune.prune.suggest import paper_grid, parse_target, suggest
+
+from common import assert_clean_failure, run
 
 
 def windows(vocab=128, n=3, length=16):
@@ -35,7 +36,9 @@ def test_block_cosine_matches_hidden_states(family, family_sources):
     with torch.no_grad():
         per_window = [model(input_ids=w, output_hidden_states=True).hidden_states for w in ws]
     for i in range(n - 1):
-        want = torch.cat([torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1).flatten() for hs in per_window]).mean()
+        want = torch.cat(
+            [torch.nn.functional.cosine_similarity(hs[i], hs[i + 1], dim=-1).flatten() for hs in per_window]
+        ).mean()
         assert imp.block_cos[i] == pytest.approx(want.item(), abs=1e-5)
     assert all(-1 <= c <= 1 for c in imp.attention_cos + imp.mlp_cos + imp.block_cos)
     assert imp.tokens == 3 * 16 and len(imp.angular[1]) == n and len(imp.angular[n]) == 1
@@ -91,14 +94,43 @@ def test_grid_is_the_papers():
 def test_analyze_and_sweep_commands_on_the_demo_model(tmp_path):
     from skipprune.data import DEMO_MODEL as MODEL
 
-    res = CliRunner().invoke(main, ["analyze", str(MODEL), "--samples", "2", "--seq-len", "64", "--suggest", "attn:25%",
-                                    "--json", str(tmp_path / "a.json"), "--plot", str(tmp_path / "a.png")])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "analyze",
+            str(MODEL),
+            "--samples",
+            "2",
+            "--seq-len",
+            "64",
+            "--suggest",
+            "attn:25%",
+            "--json",
+            str(tmp_path / "a.json"),
+            "--plot",
+            str(tmp_path / "a.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads((tmp_path / "a.json").read_text())
     assert len(data["layers"]) == 12 and data["suggestions"][0]["plan"]["drop_attention"] == [9, 10, 11]
     assert "skipprune export" in res.output and (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
-    res = CliRunner().invoke(main, ["sweep", str(MODEL), "--samples", "2", "--seq-len", "64", "--no-speed",
-                                    "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "sweep",
+            str(MODEL),
+            "--samples",
+            "2",
+            "--seq-len",
+            "64",
+            "--no-speed",
+            "--json",
+            str(tmp_path / "s.json"),
+            "--plot",
+            str(tmp_path / "s.png"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "s.json").read_text())
     assert len(rows) == 19 and all(r["perplexity"] > 1 for r in rows)

@@ -35,11 +35,33 @@ def test_card_after_export_has_no_invented_numbers(family_sources, tmp_path):
 def test_card_command_with_results(family_sources, tmp_path):
     out = tmp_path / "o"
     skipprune.export(family_sources["llama"], out, drop_blocks="last:2")
-    results = {"schema_version": 1, "model": "o", "params": 900, "disk_bytes": 3600, "kv_bytes_per_token": 256,
-               "perplexity": 12.5, "perplexity_protocol": {"text": "file t.txt", "tokens": 512, "windows": 4,
-               "seq_len": 128, "predicted_tokens": 508, "unit": "token"}, "speed": {}, "tasks": {},
-               "baseline": {"model": "src", "params": 1200, "disk_bytes": 4800, "kv_bytes_per_token": 384,
-                            "perplexity": 10.0, "speed": {}, "tasks": {}}}  # fmt: skip
+    results = {
+        "schema_version": 1,
+        "model": "o",
+        "params": 900,
+        "disk_bytes": 3600,
+        "kv_bytes_per_token": 256,
+        "perplexity": 12.5,
+        "perplexity_protocol": {
+            "text": "file t.txt",
+            "tokens": 512,
+            "windows": 4,
+            "seq_len": 128,
+            "predicted_tokens": 508,
+            "unit": "token",
+        },
+        "speed": {},
+        "tasks": {},
+        "baseline": {
+            "model": "src",
+            "params": 1200,
+            "disk_bytes": 4800,
+            "kv_bytes_per_token": 384,
+            "perplexity": 10.0,
+            "speed": {},
+            "tasks": {},
+        },
+    }
     (tmp_path / "r.json").write_text(json.dumps(results))
     res = CliRunner().invoke(main, ["card", str(out), "--results", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output

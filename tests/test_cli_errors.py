@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import errno
-import hashlib
 import http.server
 import json
 import os
 import shutil
 import struct
-import subprocess
 import threading
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from click.testing import CliRunner
 from skipprune.cli import main
 
 from common import assert_clean_failure, digest, run
+
 
 @pytest.fixture
 def src(family_sources, tmp_path):
@@ -118,12 +117,20 @@ def test_hub_not_found_and_no_network(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     env = {"HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_XET": "1"}
     try:
-        proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1",
-                   env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"})  # fmt: skip
+        proc = run(
+            "export",
+            "nobody/nothing",
+            tmp_path / "o",
+            "--drop-attn",
+            "1",
+            env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}"},
+        )
         assert_clean_failure(proc, "Hub model nobody/nothing not found", tmp_path / "o")
     finally:
         server.shutdown()
-    proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    proc = run(
+        "export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1", env={**env, "HF_ENDPOINT": "http://127.0.0.1:9"}
+    )
     assert_clean_failure(proc, "could not reach the Hub", tmp_path / "o")
     proc = run("export", "nobody/nothing", tmp_path / "o", "--drop-attn", "1", env={**env, "HF_HUB_OFFLINE": "1"})
     assert_clean_failure(proc, "could not reach the Hub", tmp_path / "o")

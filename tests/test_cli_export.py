@@ -11,11 +11,12 @@ import time
 
 import torch
 from safetensors import safe_open
-from common import EXE, digest, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.export.source import index_tensors
+
+from common import EXE, digest, run
 
 
 def test_sharded_export_with_index_and_provenance(family_sources, tmp_path):
@@ -63,8 +64,12 @@ def test_kill_9_never_leaves_a_complete_looking_output(family_sources, tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     outcomes = set()
     for delay in (0.3, 0.8, 1.4, 2.0, 2.6, 3.2, 4.0, 5.0):
-        proc = subprocess.Popen([EXE, "export", src, out, "--drop-attn", "1-3", "--overwrite"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [EXE, "export", src, out, "--drop-attn", "1-3", "--overwrite"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()

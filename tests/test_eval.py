@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from common import assert_clean_failure, run
 
 import skipprune
 from skipprune.cli import main
 from skipprune.data import DEMO_MODEL as MODEL
 from skipprune.data import HELDOUT
+
+from common import assert_clean_failure, run
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +33,36 @@ def short_text(tmp_path_factory):
 
 def test_eval_with_baseline_json(demo_export, short_text, tmp_path):
     out_json = tmp_path / "r.json"
-    res = CliRunner().invoke(main, ["eval", str(demo_export), "--baseline", str(MODEL), "--text", str(short_text),
-                                    "--seq-len", "128", "--no-speed", "--json", str(out_json)])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            str(demo_export),
+            "--baseline",
+            str(MODEL),
+            "--text",
+            str(short_text),
+            "--seq-len",
+            "128",
+            "--no-speed",
+            "--json",
+            str(out_json),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
-    for key in ("schema_version", "model", "perplexity", "perplexity_protocol", "params", "disk_bytes",
-                "kv_bytes_per_token", "speed", "tasks", "baseline"):  # fmt: skip
+    for key in (
+        "schema_version",
+        "model",
+        "perplexity",
+        "perplexity_protocol",
+        "params",
+        "disk_bytes",
+        "kv_bytes_per_token",
+        "speed",
+        "tasks",
+        "baseline",
+    ):
         assert key in data
     base = data["baseline"]
     assert data["kv_bytes_per_token"] * 4 == base["kv_bytes_per_token"] * 3  # 9 of 12 layers keep attention
@@ -101,8 +126,24 @@ def tiny_task(tmp_path_factory):
 def test_lm_eval_local_task_in_memory(demo_export, short_text, tiny_task, tmp_path):
     pytest.importorskip("lm_eval")
     out_json = tmp_path / "r.json"
-    res = CliRunner().invoke(main, ["eval", str(demo_export), "--baseline", str(MODEL), "--text", str(short_text),
-                                    "--seq-len", "128", "--no-speed", "--tasks", str(tiny_task), "--json", str(out_json)])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            str(demo_export),
+            "--baseline",
+            str(MODEL),
+            "--text",
+            str(short_text),
+            "--seq-len",
+            "128",
+            "--no-speed",
+            "--tasks",
+            str(tiny_task),
+            "--json",
+            str(out_json),
+        ],
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     for d in (data, data["baseline"]):
@@ -119,12 +160,16 @@ def test_lm_eval_local_task_in_memory(demo_export, short_text, tiny_task, tmp_pa
 
     results = ModelCard.load(demo_export / "README.md").data.eval_results
     assert {(r.dataset_type, r.metric_type) for r in results} == {
-        ("local:file-short-txt", "perplexity"), ("local:skipprune-tiny-mc", "acc")}
+        ("local:file-short-txt", "perplexity"),
+        ("local:skipprune-tiny-mc", "acc"),
+    }
 
 
 def test_unknown_task(demo_export):
     pytest.importorskip("lm_eval")
-    res = CliRunner().invoke(main, ["eval", str(MODEL), "--no-speed", "--seq-len", "128", "--tasks", "no_such_task_xyz"])
+    res = CliRunner().invoke(
+        main, ["eval", str(MODEL), "--no-speed", "--seq-len", "128", "--tasks", "no_such_task_xyz"]
+    )
     assert res.exit_code == 1 and "no_such_task_xyz" in res.output, res.output
 
 

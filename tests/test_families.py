@@ -7,13 +7,14 @@ import random
 import pytest
 import torch
 from safetensors import safe_open
-from tiny import FAMILY_NAMES
 from transformers import AutoModelForCausalLM
 
 import skipprune
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.bypass import bypassed
+from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
+
+from tiny import FAMILY_NAMES
 
 N = 6
 
@@ -77,7 +78,7 @@ def test_random_plan_matches_bypassed_source(family, seed, family_sources, tmp_p
                 if not name.startswith(prefix):
                     continue
                 child = name[len(prefix) :].split(".")[0]
-                new = f"model.layers.{layer.output}.{name[len(prefix):]}"
+                new = f"model.layers.{layer.output}.{name[len(prefix) :]}"
                 removed = (child in fam.attention and not layer.attention) or (child in fam.mlp and not layer.mlp)
                 if removed:
                     assert new not in out_names
@@ -105,7 +106,10 @@ def test_cache_and_generation(family, family_sources, tmp_path):
 
         out = model(input_ids=prompt[:, :6], use_cache=True)  # shorter than every sliding window
         cache = out.past_key_values
-        kv = [l.keys.numel() * l.keys.element_size() * 2 if getattr(l, "keys", None) is not None else 0 for l in cache.layers]
+        kv = [
+            c.keys.numel() * c.keys.element_size() * 2 if getattr(c, "keys", None) is not None else 0
+            for c in cache.layers
+        ]
     has_attn = [layer.attention for layer in plan.layers]
     assert all((b > 0) == a for b, a in zip(kv, has_attn)), (kv, has_attn)
     per_layer = {b for b in kv if b}

@@ -8,11 +8,12 @@ import sys
 
 import pytest
 import torch
-from hubserver import HubServer
-from common import assert_clean_failure, run
 from transformers import AutoModelForCausalLM
 
 import skipprune
+
+from common import assert_clean_failure, run
+from hubserver import HubServer
 
 TOKEN = "hf_skipprune_test_token_0123456789"
 
@@ -20,8 +21,13 @@ TOKEN = "hf_skipprune_test_token_0123456789"
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     with HubServer() as server:
-        env = {"HF_ENDPOINT": server.url, "HF_TOKEN": TOKEN, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
-               "HF_HOME": str(tmp_path / "hf-home")}  # fmt: skip
+        env = {
+            "HF_ENDPOINT": server.url,
+            "HF_TOKEN": TOKEN,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(tmp_path / "hf-home"),
+        }
         for k, v in env.items():
             monkeypatch.setenv(k, v)
         import huggingface_hub.constants as c
@@ -61,8 +67,12 @@ def test_push_uploads_identical_files_and_loads_back(hub, export_dir, tmp_path):
         "m = A.from_pretrained('tester/pruned-qwen3', trust_remote_code=True)\n"
         "torch.save(m(input_ids=torch.tensor([[3, 14, 15, 92, 65]])).logits, sys.argv[1])"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logits.pt")], env={**os.environ, **hub.env},
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "logits.pt")],
+        env={**os.environ, **hub.env},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     local = AutoModelForCausalLM.from_pretrained(export_dir, trust_remote_code=True)
     with torch.no_grad():

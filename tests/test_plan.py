@@ -52,8 +52,12 @@ def test_numbering_and_round_trip():
     plan = PrunePlan.from_specs(8, drop_attn="last:3", drop_mlp="6-7,1", drop_blocks="2")
     assert plan.dropped_blocks == [2, 6, 7]
     assert [(lyr.output, lyr.source, lyr.attention, lyr.mlp) for lyr in plan.layers] == [
-        (0, 0, True, True), (1, 1, True, False), (2, 3, True, True), (3, 4, True, True), (4, 5, False, True),
-    ]  # fmt: skip
+        (0, 0, True, True),
+        (1, 1, True, False),
+        (2, 3, True, True),
+        (3, 4, True, True),
+        (4, 5, False, True),
+    ]
     assert plan.output_index(5) == 4 and plan.output_index(6) is None
     assert not plan.blocks_only
     assert PrunePlan.from_dict(plan.to_dict()) == plan

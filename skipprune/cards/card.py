@@ -187,7 +187,9 @@ def _verification(record: ExportRecord) -> str:
     v = record.verification
     converted = v.structure.converted_to
     kept = f"equals the source's converted to {converted}" if converted else "is byte-identical to the source"
-    model = ", the model built from `config.json` expects exactly these tensors" if v.structure.model_expects_them else ""
+    model = (
+        ", the model built from `config.json` expects exactly these tensors" if v.structure.model_expects_them else ""
+    )
     if v.numerics:
         n = v.numerics
         numerics = (
@@ -257,12 +259,22 @@ def score_rows(results: Results) -> list[tuple[str, float | None, float | None, 
             )
         tokens = (a or b).decode_tokens
         rows.append(
-            (f"greedy decode speed ({tokens} tokens)", get(b, "decode_tokens_per_s"), get(a, "decode_tokens_per_s"), "rate")
+            (
+                f"greedy decode speed ({tokens} tokens)",
+                get(b, "decode_tokens_per_s"),
+                get(a, "decode_tokens_per_s"),
+                "rate",
+            )
         )
         points = sorted({(p.batch, p.prompt_tokens) for s in (a, b) if s for p in s.latency})
         for batch, length in points:
             rows.append(
-                (f"1-token latency (batch {batch}, {length}-token prompts)", _latency(b, batch, length), _latency(a, batch, length), "s")
+                (
+                    f"1-token latency (batch {batch}, {length}-token prompts)",
+                    _latency(b, batch, length),
+                    _latency(a, batch, length),
+                    "s",
+                )
             )
     for task in sorted(set(results.tasks) | set(base.tasks)):
         info = results.tasks.get(task) or base.tasks[task]
@@ -273,7 +285,11 @@ def score_rows(results: Results) -> list[tuple[str, float | None, float | None, 
 
 
 def _latency(speed, batch: int, length: int) -> float | None:
-    return next((p.seconds for p in speed.latency if (p.batch, p.prompt_tokens) == (batch, length)), None) if speed else None
+    return (
+        next((p.seconds for p in speed.latency if (p.batch, p.prompt_tokens) == (batch, length)), None)
+        if speed
+        else None
+    )
 
 
 def _task(m: Measurement, task: str) -> float | None:

@@ -27,7 +27,7 @@ def write_layers_png(plan: PrunePlan, path: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig = layers_figure(plan, title)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.15)
     plt.close(fig)
     return path
 
@@ -46,7 +46,11 @@ def layers_figure(plan: PrunePlan, title: str):
         for row, color in enumerate(colors):
             ax.add_patch(
                 matplotlib.patches.Rectangle(
-                    (i - 0.45, 1 - row - 0.4), 0.9, 0.8, facecolor=color, edgecolor="white",
+                    (i - 0.45, 1 - row - 0.4),
+                    0.9,
+                    0.8,
+                    facecolor=color,
+                    edgecolor="white",
                     hatch="///" if i in blocks else None,
                 )
             )
@@ -58,10 +62,18 @@ def layers_figure(plan: PrunePlan, title: str):
     ax.set_xlabel("source layer (0-based)")
     for side in ("top", "right", "left"):
         ax.spines[side].set_visible(False)
-    kept = len(plan.layers)
-    ax.set_title(f"{title}: {kept} of {n} layers kept", fontsize=10)
-    legend = [Patch(facecolor=KEPT, label="kept"), Patch(facecolor=REMOVED, label="removed"),
-              Patch(facecolor=BLOCK, hatch="///", label="whole block removed")]
+    attn = len(plan.drop_attention - plan.drop_mlp)
+    mlp = len(plan.drop_mlp - plan.drop_attention)
+    ax.set_title(
+        f"{title}: {len(plan.layers)} of {n} layers kept; attention removed in {attn}, MLP in {mlp}, "
+        f"whole blocks {len(blocks)}",
+        fontsize=10,
+    )
+    legend = [
+        Patch(facecolor=KEPT, label="kept"),
+        Patch(facecolor=REMOVED, label="removed"),
+        Patch(facecolor=BLOCK, hatch="///", label="whole block removed"),
+    ]
     ax.legend(handles=legend, loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

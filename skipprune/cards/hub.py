@@ -61,7 +61,9 @@ def push(
         if revision:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         files = [p for p in sorted(folder.rglob("*")) if p.is_file() and not _hidden(p.relative_to(folder))]
-        operations = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
+        operations = [
+            CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files
+        ]
         if records is not None:
             card = render_card(*records, repo_id, (folder / IMPORTANCE_PNG).is_file()).encode()
             operations = [op for op in operations if op.path_in_repo != "README.md"]

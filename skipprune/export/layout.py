@@ -55,7 +55,9 @@ def stock_config(source_config: dict, plan: PrunePlan) -> dict:
     return config
 
 
-def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: str, adaptive: dict | None = None) -> dict:
+def output_config(
+    source_config: dict, plan: PrunePlan, family: Family, dtype: str, adaptive: dict | None = None
+) -> dict:
     """config.json of the output: the stock family when only whole blocks go (and no adaptive FFN skipping),
     else the skipprune wrapper."""
     text = stock_config(source_config, plan)
@@ -80,7 +82,9 @@ def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: s
         "adaptive_ffn_skip": adaptive,
         "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
         "dtype": text.get("dtype") or text.get("torch_dtype"),
-        "text_config": {k: v for k, v in text.items() if k not in ("architectures", "auto_map", "transformers_version")},
+        "text_config": {
+            k: v for k, v in text.items() if k not in ("architectures", "auto_map", "transformers_version")
+        },
     }
 
 

@@ -114,7 +114,9 @@ def export(
             total = sum(t.nbytes for t in tensors)
             with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
                 write_shards(tmp, tensors, shard_bytes, bar.update)
-            with translated(OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"):
+            with translated(
+                OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
+            ):
                 _write_side_files(tmp, src, config, stock=stock)
             verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics)
             record = ExportRecord(
@@ -146,8 +148,10 @@ def _verify(tmp: Path, src: Source, plan, family, dtype: str, tensors, numerics:
     structure = verify.verify_structure(tmp, tensors)
     verify.check_model_expects(tmp, tensors)
     structure.model_expects_them = True
-    kept = f"kept tensors equal the source's converted to {structure.converted_to}" if structure.converted_to else (
-        "kept bytes identical to the source"
+    kept = (
+        f"kept tensors equal the source's converted to {structure.converted_to}"
+        if structure.converted_to
+        else ("kept bytes identical to the source")
     )
     log.info("structure verified: %d tensors as planned, expected by the model; %s", structure.tensors, kept)
     if numerics is False:
@@ -272,7 +276,9 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         tmp.rename(out)
     except OSError as e:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise OutputError(f"OUTPUT {out} appeared while exporting; nothing was replaced, choose another folder") from None
+            raise OutputError(
+                f"OUTPUT {out} appeared while exporting; nothing was replaced, choose another folder"
+            ) from None
         raise
     fsync_path(out.parent)
     if old is not None:

@@ -17,15 +17,38 @@ from ..errors import SourceError, describe
 
 # safetensors dtype -> bytes per element
 DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-}  # fmt: skip
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
 _MAX_HEADER = 100 << 20
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
-)  # fmt: skip
-_HUB_FILES = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json", *TOKENIZER_FILES]
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+_HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    *TOKENIZER_FILES,
+]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -147,7 +170,8 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, str]:
 
 _BIN_ONLY = (
     "{src} has only pickle (.bin/.pt) weights, which skipprune never loads (unpickling runs code); convert them "
-    "once in a trusted environment: AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)"
+    "once in a trusted environment: "
+    "AutoModelForCausalLM.from_pretrained(src).save_pretrained(dst, safe_serialization=True)"
 )
 
 

@@ -38,7 +38,9 @@ def expected_tensors(folder: Path, label: str, trust_remote_code: bool = False) 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with translated(SourceError, f"reading the config of {label}", "fix config.json or restore it from the original model"):
+    with translated(
+        SourceError, f"reading the config of {label}", "fix config.json or restore it from the original model"
+    ):
         config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
@@ -97,7 +99,9 @@ def verify_structure(folder: Path, expected: list[OutTensor]) -> StructureCheck:
             else:
                 same = all(_same_chunk(fds, info, t.source, a) for a in range(0, info.nbytes, _CHUNK))
             if not same:
-                raise VerificationError(f"bytes of {name} differ from the source; the disk may be failing, export again")
+                raise VerificationError(
+                    f"bytes of {name} differ from the source; the disk may be failing, export again"
+                )
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -120,19 +124,22 @@ def check_model_expects(folder: Path, expected: list[OutTensor]) -> None:
     unused = sorted(set(written) - set(shapes))
     lacking = sorted(set(shapes) - set(written) - tied)
     if unused or lacking:
-        raise VerificationError(
-            f"the exported model expects {lacking[:3]} and does not use {unused[:3]}; {_REPORT}"
-        )
+        raise VerificationError(f"the exported model expects {lacking[:3]} and does not use {unused[:3]}; {_REPORT}")
     for name, shape in written.items():
         if shapes[name] != shape:
-            raise VerificationError(f"the exported model expects {name} as {list(shapes[name])}, written {list(shape)}; {_REPORT}")
+            raise VerificationError(
+                f"the exported model expects {name} as {list(shapes[name])}, written {list(shape)}; {_REPORT}"
+            )
 
 
 def _same_chunk(fds: dict, out, src, a: int) -> bool:
     n = min(_CHUNK, out.nbytes - a)
     x, y = _window(fds, out, a, n), _window(fds, src, a, n)
     body = n - n % 8  # compare 8 bytes at a time, then the tail
-    return bool(np.array_equal(x[:body].view(np.uint64), y[:body].view(np.uint64))) and x[body:].tobytes() == y[body:].tobytes()
+    return (
+        bool(np.array_equal(x[:body].view(np.uint64), y[:body].view(np.uint64)))
+        and x[body:].tobytes() == y[body:].tobytes()
+    )
 
 
 def _window(fds: dict, info, a: int, n: int) -> np.ndarray:
@@ -165,7 +172,9 @@ def verify_numerics(
     mask = torch.ones_like(ids)
     mask[1, : tokens // 4] = 0  # left padding in the second row
     real = mask.bool()
-    with translated(VerificationError, "loading the source for the logit check", f"rerun with --no-verify and {_REPORT}"):
+    with translated(
+        VerificationError, "loading the source for the logit check", f"rerun with --no-verify and {_REPORT}"
+    ):
         reference = AutoModelForCausalLM.from_pretrained(source.path, dtype=torch.float32)
     if dtype != "auto":
         with torch.no_grad():

@@ -49,11 +49,21 @@ def parse_size(text: str | int) -> int:
     """'5GB', '500MB', '2GiB' or a number of bytes."""
     if isinstance(text, int):
         return text
-    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+    units = {
+        "": 1,
+        "B": 1,
+        "KB": 10**3,
+        "MB": 10**6,
+        "GB": 10**9,
+        "TB": 10**12,
+        "KIB": 2**10,
+        "MIB": 2**20,
+        "GIB": 2**30,
+        "TIB": 2**40,
+    }
     s = text.strip().upper().replace(" ", "")
     num = s.rstrip("KMGTIB")
-    unit = s[len(num):]
+    unit = s[len(num) :]
     try:
         value = float(num) * units[unit]
     except (ValueError, KeyError):
@@ -100,7 +110,10 @@ def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int, progres
         for fd in fds.values():
             os.close(fd)
     if len(shards) > 1:
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors)}, "weight_map": dict(sorted(weight_map.items()))}
+        index = {
+            "metadata": {"total_size": sum(t.nbytes for t in tensors)},
+            "weight_map": dict(sorted(weight_map.items())),
+        }
         (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return weight_map
 
@@ -156,5 +169,7 @@ def convert_bytes(t: OutTensor) -> bytes:
 
     dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
     data = bytearray(read_bytes(t.source))
-    tensor = torch.frombuffer(data, dtype=dtypes[t.source.dtype]) if data else torch.empty(0, dtype=dtypes[t.source.dtype])
+    tensor = (
+        torch.frombuffer(data, dtype=dtypes[t.source.dtype]) if data else torch.empty(0, dtype=dtypes[t.source.dtype])
+    )
     return tensor.to(dtypes[t.dtype]).view(torch.uint8).numpy().tobytes()

@@ -73,7 +73,6 @@ def measure_importance(model, family: Family, windows, max_n: int | None = None)
     if tokens == 0:
         raise MeasureError("no calibration tokens: use a longer --text or more --samples")
     mean = {k: [v / tokens for v in vals] for k, vals in sums.items()}
-    return Importance(mean["attention"], mean["mlp"], mean["block"],
-                      {n: [v / tokens for v in d] for n, d in ang.items()}, tokens)
-
-
+    return Importance(
+        mean["attention"], mean["mlp"], mean["block"], {n: [v / tokens for v in d] for n, d in ang.items()}, tokens
+    )

@@ -98,7 +98,11 @@ def prepare_stock(ref: str, device: str, trust_remote_code: bool = False) -> tup
 
 def _check_fits(folder: Path, ref: str, device: str, bytes_per_param: int | None) -> None:
     tensors = index_tensors(folder).values()
-    need = sum(math.prod(t.shape) * bytes_per_param for t in tensors) if bytes_per_param else sum(t.nbytes for t in tensors)
+    need = (
+        sum(math.prod(t.shape) * bytes_per_param for t in tensors)
+        if bytes_per_param
+        else sum(t.nbytes for t in tensors)
+    )
     if device == "cuda":
         import torch
 

@@ -35,7 +35,9 @@ class SweepRow:
 
     @property
     def latency_ratio(self) -> float | None:
-        return self.one_token_s / self.full_model_one_token_s if self.one_token_s and self.full_model_one_token_s else None
+        return (
+            self.one_token_s / self.full_model_one_token_s if self.one_token_s and self.full_model_one_token_s else None
+        )
 
 
 @contextmanager
@@ -77,7 +79,11 @@ def run_sweep(model, family: Family, measure_point, with_speed: bool = True) -> 
 
             base, latency = speed.alternating_medians([lambda: speed.predict_one_token(model, prompts), pruned])
         removed = sorted(plan.drop_attention | plan.drop_mlp)
-        rows.append(SweepRow(point.kind, point.kept_percent, point.keep_last_layer, removed, ppl, protocol, latency, base, tasks))
+        rows.append(
+            SweepRow(
+                point.kind, point.kept_percent, point.keep_last_layer, removed, ppl, protocol, latency, base, tasks
+            )
+        )
     return rows
 
 
@@ -87,7 +93,9 @@ def tables(rows: list[SweepRow]) -> str:
     out = []
     for kind in KINDS:
         out.append(f"\n{kind} removed from the last layers")
-        out.append(f"{'kept':>6} {'layers removed':>18} {'ppl':>9} {'ppl (+last)':>12} {'latency':>8} {'lat (+last)':>12}")
+        out.append(
+            f"{'kept':>6} {'layers removed':>18} {'ppl':>9} {'ppl (+last)':>12} {'latency':>8} {'lat (+last)':>12}"
+        )
         out.append(f"{'100%':>6} {'-':>18} {base.perplexity:>9.2f} {base.perplexity:>12.2f} {'1.000':>8} {'1.000':>12}")
         for keep in KEEP[1:]:
             a, b = (

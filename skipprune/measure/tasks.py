@@ -58,7 +58,9 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None) -> d
         try:
             res = simple_evaluate(model=lm, tasks=[name], num_fewshot=shots, limit=limit, task_manager=manager)
         except (KeyError, ValueError) as e:
-            raise MeasureError(f"unknown or broken task {task!r} ({e}); use a task YAML or one of {', '.join(OPEN_LLM_V1)}") from None
+            raise MeasureError(
+                f"unknown or broken task {task!r} ({e}); use a task YAML or one of {', '.join(OPEN_LLM_V1)}"
+            ) from None
         scores = res["results"][name]
         metric = metric or next(k.split(",")[0] for k in scores if k.endswith(",none") and "stderr" not in k)
         stderr = scores.get(f"{metric}_stderr,none")

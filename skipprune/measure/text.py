@@ -31,7 +31,9 @@ def read_text(text: str | None) -> tuple[str, str]:
         try:
             from datasets import load_dataset
         except ImportError:
-            raise MeasureError("--text wikitext2 needs the datasets library: pip install 'skipprune[wikitext]'") from None
+            raise MeasureError(
+                "--text wikitext2 needs the datasets library: pip install 'skipprune[wikitext]'"
+            ) from None
         try:
             rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
         except Exception as e:  # offline, or the dataset moved
@@ -53,7 +55,8 @@ def token_windows(tokenizer, text: str, seq_len: int, samples: int | None = None
     count = len(ids) // seq_len
     if count == 0:
         raise MeasureError(
-            f"the text has {len(ids)} tokens, fewer than one window of {seq_len}; use a longer --text or a smaller --seq-len"
+            f"the text has {len(ids)} tokens, fewer than one window of {seq_len}; "
+            "use a longer --text or a smaller --seq-len"
         )
     count = min(count, samples) if samples else count
     return ids[: count * seq_len].view(count, seq_len)

@@ -29,7 +29,9 @@ def _zero_mlp(module, args, output):
 def bypassed(model, plan: PrunePlan, family: Family):
     """Within the block, `model` (a stock *ForCausalLM) computes as if the plan's sublayers were gone."""
     layers = model.model.layers
-    handles = [getattr(layers[i], family.attention[0]).register_forward_hook(_zero_attention) for i in plan.drop_attention]
+    handles = [
+        getattr(layers[i], family.attention[0]).register_forward_hook(_zero_attention) for i in plan.drop_attention
+    ]
     handles += [getattr(layers[i], family.mlp[0]).register_forward_hook(_zero_mlp) for i in plan.drop_mlp]
     try:
         yield model

@@ -66,7 +66,11 @@ FAMILIES: dict[str, Family] = {
 def family_for(model_type: str | None, config: dict | None = None) -> Family:
     if model_type in FAMILIES:
         return FAMILIES[model_type]
-    wrapper = " (a multimodal wrapper: its language model is not pruned on its own yet)" if config and "text_config" in config else ""
+    wrapper = (
+        " (a multimodal wrapper: its language model is not pruned on its own yet)"
+        if config and "text_config" in config
+        else ""
+    )
     raise SourceError(
         f"unsupported model family {model_type!r}{wrapper}: skipprune supports {', '.join(sorted(FAMILIES))}"
     )

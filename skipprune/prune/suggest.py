@@ -76,7 +76,11 @@ class Suggestion:
         parts = ["skipprune", "export", model, output]
         attn_only = self.plan.drop_attention - self.plan.drop_mlp
         mlp_only = self.plan.drop_mlp - self.plan.drop_attention
-        for flag, layers in (("--drop-attn", attn_only), ("--drop-mlp", mlp_only), ("--drop-blocks", self.plan.dropped_blocks)):
+        for flag, layers in (
+            ("--drop-attn", attn_only),
+            ("--drop-mlp", mlp_only),
+            ("--drop-blocks", self.plan.dropped_blocks),
+        ):
             if layers:
                 parts += [flag, format_indices(layers)]
         return " ".join(parts)
@@ -92,23 +96,43 @@ def suggest(imp: Importance, target: str, block_params: int = 1, total_params: i
         last = PrunePlan(n, set(range(n - count, n)))
         low = PrunePlan(n, set(sorted(range(n), key=lambda i: -imp.attention_cos[i])[:count]))
         return [
-            Suggestion("last-N", f"attention of the last {count} layers: the seed paper's recipe (on Llama-2-13B, "
-                       "33 % cost 1.7 Open-LLM points)", last),  # fmt: skip
-            Suggestion("lowest-importance", f"attention of the {count} layers whose attention changes the residual "
-                       "stream least (highest in/out cosine)", low),  # fmt: skip
+            Suggestion(
+                "last-N",
+                f"attention of the last {count} layers: the seed paper's recipe (on Llama-2-13B, "
+                "33 % cost 1.7 Open-LLM points)",
+                last,
+            ),
+            Suggestion(
+                "lowest-importance",
+                f"attention of the {count} layers whose attention changes the residual "
+                "stream least (highest in/out cosine)",
+                low,
+            ),
         ]
     total = total_params or n * block_params
     count = max(1, min(n - 1, round(share * total / block_params)))
     low = set(sorted(range(n), key=lambda i: imp.block_influence[i])[:count])
     out = [
-        Suggestion("last-N", f"the last {count} blocks", PrunePlan(n, set(range(n - count, n)), set(range(n - count, n)))),
-        Suggestion("lowest-importance", f"the {count} blocks with the lowest Block Influence (ShortGPT)", PrunePlan(n, low, low)),
+        Suggestion(
+            "last-N", f"the last {count} blocks", PrunePlan(n, set(range(n - count, n)), set(range(n - count, n)))
+        ),
+        Suggestion(
+            "lowest-importance",
+            f"the {count} blocks with the lowest Block Influence (ShortGPT)",
+            PrunePlan(n, low, low),
+        ),
     ]
     if dists := imp.angular.get(count):
         start = min(range(len(dists)), key=dists.__getitem__)
         window = set(range(start, start + count))
-        out.append(Suggestion("best-window", f"blocks {start}-{start + count - 1}: the {count}-layer window whose ends "
-                              f"are closest (angular distance {dists[start]:.3f}, Gromov et al.)", PrunePlan(n, window, window)))  # fmt: skip
+        out.append(
+            Suggestion(
+                "best-window",
+                f"blocks {start}-{start + count - 1}: the {count}-layer window whose ends "
+                f"are closest (angular distance {dists[start]:.3f}, Gromov et al.)",
+                PrunePlan(n, window, window),
+            )
+        )
     return out
 
 

@@ -169,7 +169,11 @@ class FFNSkipState:
 
     def __init__(self, config, model):
         s = config.adaptive_ffn_skip
-        self.threshold, self.warmup, self.max_skips = float(s["sim_threshold"]), int(s["warmup_tokens"]), int(s["max_skips"])
+        self.threshold, self.warmup, self.max_skips = (
+            float(s["sim_threshold"]),
+            int(s["warmup_tokens"]),
+            int(s["max_skips"]),
+        )
         n = len(model.layers)
         self.layers = {i for i in range(int(s["cold_start"]), n - int(s["cold_end"])) if config.layer_has_mlp[i]}
         self.tokens = self.remaining = self.skipped = self.eligible = 0
@@ -178,7 +182,9 @@ class FFNSkipState:
         for i in sorted(self.layers):
             block = model.layers[i]
             getattr(block, config.mlp_input_module).register_forward_pre_hook(self._keep_residual)
-            post = None if config.mlp_output_module == config.mlp_modules[0] else getattr(block, config.mlp_output_module)
+            post = (
+                None if config.mlp_output_module == config.mlp_modules[0] else getattr(block, config.mlp_output_module)
+            )
             _make_adaptive(getattr(block, config.mlp_modules[0]), post, self)
 
     def _new_step(self, module, args, kwargs):
