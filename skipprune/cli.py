@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -116,6 +117,8 @@ def _write_json(path: Path | None, data) -> None:
 @click.version_option(package_name="skipprune")
 def main():
     """Physically delete attention sublayers, MLP sublayers or whole blocks from a Hugging Face causal LM."""
+    # SIGTERM unwinds like Ctrl-C, so whatever is half-written is removed on the way out (exit status 143).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logger = logging.getLogger("skipprune")
     if not any(isinstance(h, _Progress) for h in logger.handlers):
         logger.addHandler(_Progress())

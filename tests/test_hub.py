@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +126,42 @@ def test_no_token_on_disk(hub, export_dir, tmp_path):
     assert any(p.name == "model.safetensors" for p in files)  # the scan really covered the export
     for p in files:
         assert TOKEN.encode() not in p.read_bytes(), p
+
+
+def test_pushed_files_name_no_local_path(hub, tmp_path):
+    """A card, skipprune.json and results.json on the Hub name the source by folder name and the model by repo
+    id: no path of the user's machine (the export and the measuring text live under tmp_path here)."""
+    from skipprune.data import DEMO_MODEL, HELDOUT
+
+    out = tmp_path / "deep" / "exports" / "demo-pruned"
+    text = tmp_path / "texts" / "calibration.txt"
+    text.parent.mkdir()
+    text.write_text(HELDOUT.read_text(encoding="utf-8")[:20000], encoding="utf-8")
+    proc = run("export", DEMO_MODEL, out, "--drop-attn", "last:3", env=hub.env)
+    assert proc.returncode == 0, proc.stderr
+    proc = run("eval", out, "--baseline", DEMO_MODEL, "--no-speed", "--seq-len", "64", "--text", text,
+               "--json", out / "results.json", env=hub.env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert run("card", out, env=hub.env).returncode == 0
+    assert run("push", out, "demo-pruned", env=hub.env).returncode == 0
+    files = hub.state.repos["tester/demo-pruned"].files("main")
+    for name in ("README.md", "skipprune.json", "results.json"):
+        content = files[name].decode()
+        for path in (str(tmp_path), str(DEMO_MODEL), str(DEMO_MODEL.parent), str(Path.home()), str(Path.cwd())):
+            assert path not in content, (name, path)
+    card = files["README.md"].decode()
+    assert "skipprune export demo-model demo-pruned --drop-attn last:3" in card
+    assert 'from_pretrained("tester/demo-pruned", trust_remote_code=True)' in card
+    assert "file calibration.txt" in card
+
+    # Measuring the pushed model by its Hub id labels it by that id, not by a snapshot hash.
+    proc = run("eval", "tester/demo-pruned", "--no-speed", "--seq-len", "64", "--text", text,
+               "--json", tmp_path / "hub.json", env=hub.env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "hub.json").read_text())["model"] == "tester/demo-pruned"
+
+
+def test_push_checks_the_records_before_creating_anything(hub, export_dir):
+    (export_dir / "results.json").write_text('{"schema_version": 2, "model": "x", "params": "many"}')
+    assert_clean_failure(run("push", export_dir, "poisoned", env=hub.env), "params must be a whole number")
+    assert "tester/poisoned" not in hub.state.repos

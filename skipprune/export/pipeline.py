@@ -96,9 +96,8 @@ def export(
     plan.validate(allow_empty=adaptive is not None)
     check_layers(adaptive, len(plan.layers))
     stock = plan.blocks_only and adaptive is None
-    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
-
     ignored = verify.check_source(src, family)
+    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
     if ignored:
         log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
     source_config = layout.with_layer_types(src.config) if family.derives_layer_types else src.config

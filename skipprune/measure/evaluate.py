@@ -65,8 +65,8 @@ def evaluate(
     check_tasks(tasks)
     check_text_arg(text)
     check_seq_len(seq_len)
-    device = pick_device(device)
     prepared = [prepare(ref, device, trust_remote_code) for ref in (model, baseline) if ref]
+    device = pick_device(device)
     if baseline and prepared[0].vocab_size != prepared[1].vocab_size:
         raise MeasureError(
             f"{model} and --baseline {baseline} have different vocabularies ({prepared[0].vocab_size} vs "
@@ -120,8 +120,8 @@ def analyze(
     """Per-layer importance of a stock model on `samples` windows of calibration text."""
     check_text_arg(text)
     check_seq_len(seq_len)
-    device = pick_device(device)
     prepared, family = prepare_stock(model, device, trust_remote_code)
+    device = pick_device(device)
     content, _ = read_text(text)
     windows = token_windows(prepared.tokenizer, content, seq_len, samples)
     loaded = load_model(prepared, device)
@@ -146,8 +146,8 @@ def sweep(
     check_tasks(tasks)
     check_text_arg(text)
     check_seq_len(seq_len)
-    device = pick_device(device)
     prepared, family = prepare_stock(model, device, trust_remote_code)
+    device = pick_device(device)
     content, name = read_text(text)
     windows = token_windows(prepared.tokenizer, content, seq_len, samples)
     loaded = load_model(prepared, device)

@@ -61,6 +61,7 @@ def prepare(ref: str, device: str, trust_remote_code: bool = False, revision: st
             f"{ref} ships its own modeling code, which is not exactly skipprune's; pass --trust-remote-code if you "
             "trust it"
         )
+    device = pick_device(device)  # only now: a bad path fails before torch is imported
     _check_fits(folder, ref, device, 4 if device == "cpu" else None)
     tokenizer = _tokenizer(folder, ref, config, own, trust_remote_code)
     return Prepared(ref, ref if sha else folder.name, folder, config, own or trust_remote_code, tokenizer)
