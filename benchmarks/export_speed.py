@@ -3,8 +3,10 @@
     python benchmarks/export_speed.py [--dir /tmp/skipprune-bench] [--repeats 5] [--layers 22]
 
 Builds a random bf16 checkpoint of TinyLlama-1.1B's shape (about 2 GiB, two shards) once, then alternates
-`cp -r SOURCE` and `skipprune export SOURCE OUT --drop-blocks last:7 --no-verify` (structure and kept bytes
-are still verified; the logit check, which loads both models, is what --no-verify turns off) and reports
+`cp -r SOURCE` (plain, and followed by `sync` of the copied files: a durable copy) and `skipprune export SOURCE
+OUT --drop-blocks last:7 --no-verify` (the source check, structure, kept bytes and the meta-device model check
+still run, and the output is fsynced; the logit check, which loads both models, is what --no-verify turns off)
+and the import of torch + transformers, which the export's model checks need, and reports
 medians, the ratio to cp, and each command's peak RSS (from wait4). Page cache is warm for both.
 """
 
@@ -109,16 +111,14 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", code], check=True)
     size = sum(p.stat().st_size for p in src.iterdir())
     exe = shutil.which("skipprune") or sys.exit("install skipprune first (pip install -e .)")
-    runs: dict[str, list[tuple[float, int]]] = {
-        "cp -r": [],
-        "skipprune export": [],
-        "python -c 'import torch, transformers'": [],
-    }
     cmds = {
         "cp -r": lambda out: ["cp", "-r", str(src), str(out)],
+        # A durable copy, for comparison with the export, which fsyncs every file and the folder before publishing.
+        "cp -r, then sync of its files": lambda out: ["sh", "-c", f"cp -r '{src}' '{out}' && sync '{out}'/* '{out}'"],
         "skipprune export": lambda out: [exe, "export", str(src), str(out), "--drop-blocks", args.drop, "--no-verify"],
         "python -c 'import torch, transformers'": lambda out: [sys.executable, "-c", "import torch, transformers"],
     }
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in cmds}
     for _ in range(args.repeats + 1):  # the first round warms the page cache and is discarded
         for name, cmd in cmds.items():
             out = args.dir / "out"

@@ -79,8 +79,23 @@ class ByteCounts:
     output: int
 
 
+class _Versioned:
+    """What both records share: plain JSON data out, checked data in (schema version 1 upgraded first)."""
+
+    FILE = ""
+
+    def to_dict(self) -> dict:
+        return encode(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str | None = None):
+        if isinstance(data, dict) and data.get("schema_version", 1) == 1:
+            data = {**cls._upgrade_v1(data), "schema_version": SCHEMA_VERSION}
+        return _decode_record(cls, data, where or cls.FILE)
+
+
 @dataclass
-class ExportRecord:
+class ExportRecord(_Versioned):
     source: SourceRef
     plan: PrunePlan
     architecture: str  # "stock" (only whole blocks removed) or "skipprune"
@@ -93,19 +108,19 @@ class ExportRecord:
     skipprune_version: str = __version__
     transformers_version: str | None = None
     schema_version: int = SCHEMA_VERSION
+    FILE = RECORD_FILE
 
     @property
     def stock(self) -> bool:
         return self.architecture == "stock"
 
-    def to_dict(self) -> dict:
-        return encode(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = RECORD_FILE) -> ExportRecord:
-        if isinstance(data, dict) and data.get("schema_version", 1) == 1:
-            data = _export_record_v1(data)
-        return _decode_record(cls, data, where)
+    @staticmethod
+    def _upgrade_v1(data: dict) -> dict:
+        """Version 1 wrote the skipped logit check as a string in place of its result."""
+        verification = dict(data.get("verification") or {})
+        if isinstance(verification.get("numerics"), str):
+            verification["numerics_skipped"] = verification.pop("numerics")
+        return {**data, "verification": verification}
 
     def save(self, folder: Path) -> Path:
         return _save(Path(folder) / RECORD_FILE, self.to_dict())
@@ -116,14 +131,6 @@ class ExportRecord:
         if not path.is_file():
             raise RecordError(f"{folder} has no {RECORD_FILE}; point at a folder written by `skipprune export`")
         return cls.from_dict(_read(path, "export again or restore the file"), str(path))
-
-
-def _export_record_v1(data: dict) -> dict:
-    """Version 1 wrote the skipped logit check as a string in place of its result."""
-    verification = dict(data.get("verification") or {})
-    if isinstance(verification.get("numerics"), str):
-        verification["numerics_skipped"] = verification.pop("numerics")
-    return {**data, "verification": verification, "schema_version": SCHEMA_VERSION}
 
 
 # -- results.json --------------------------------------------------------------------------------------------
@@ -179,21 +186,17 @@ class Measurement:
 
 
 @dataclass
-class Results(Measurement):
+class Results(_Versioned, Measurement):
     """One model's measurements, and its baseline's from the same run (speed measured interleaved)."""
 
     baseline: Measurement | None = None
     skipprune_version: str = __version__
     schema_version: int = SCHEMA_VERSION
+    FILE = RESULTS_FILE
 
-    def to_dict(self) -> dict:
-        return encode(self)
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = RESULTS_FILE) -> Results:
-        if isinstance(data, dict) and data.get("schema_version", 1) == 1:
-            data = _results_v1(data)
-        return _decode_record(cls, data, where)
+    @staticmethod
+    def _upgrade_v1(data: dict) -> dict:
+        return _results_v1(data)
 
     def save(self, path: Path) -> Path:
         return _save(Path(path), self.to_dict())
@@ -228,7 +231,7 @@ def _results_v1(data: dict) -> dict:
     out = measurement(data)
     if isinstance(data.get("baseline"), dict):
         out["baseline"] = measurement(data["baseline"])
-    return {**out, "schema_version": SCHEMA_VERSION}
+    return out
 
 
 # -- encoding and checked decoding ---------------------------------------------------------------------------

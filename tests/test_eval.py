@@ -31,24 +31,14 @@ def short_text(tmp_path_factory):
     return path
 
 
+def eval_args(demo_export, short_text, *extra):
+    base = ["eval", demo_export, "--baseline", MODEL, "--text", short_text, "--seq-len", "128", "--no-speed"]
+    return [str(a) for a in (*base, *extra)]
+
+
 def test_eval_with_baseline_json(demo_export, short_text, tmp_path):
     out_json = tmp_path / "r.json"
-    res = CliRunner().invoke(
-        main,
-        [
-            "eval",
-            str(demo_export),
-            "--baseline",
-            str(MODEL),
-            "--text",
-            str(short_text),
-            "--seq-len",
-            "128",
-            "--no-speed",
-            "--json",
-            str(out_json),
-        ],
-    )
+    res = CliRunner().invoke(main, eval_args(demo_export, short_text, "--json", out_json))
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     for key in (
@@ -126,24 +116,7 @@ def tiny_task(tmp_path_factory):
 def test_lm_eval_local_task_in_memory(demo_export, short_text, tiny_task, tmp_path):
     pytest.importorskip("lm_eval")
     out_json = tmp_path / "r.json"
-    res = CliRunner().invoke(
-        main,
-        [
-            "eval",
-            str(demo_export),
-            "--baseline",
-            str(MODEL),
-            "--text",
-            str(short_text),
-            "--seq-len",
-            "128",
-            "--no-speed",
-            "--tasks",
-            str(tiny_task),
-            "--json",
-            str(out_json),
-        ],
-    )
+    res = CliRunner().invoke(main, eval_args(demo_export, short_text, "--tasks", tiny_task, "--json", out_json))
     assert res.exit_code == 0, res.output
     data = json.loads(out_json.read_text())
     for d in (data, data["baseline"]):

@@ -163,8 +163,11 @@ def test_sigterm_cleans_up(family_sources, tmp_path):
     """SIGTERM while the partial folder exists (and once right at the start): exit 143, nothing left behind."""
     out = tmp_path / "out"
     for wait_for_partial in (True, False):
-        proc = subprocess.Popen([EXE, "export", family_sources["gemma2"], out, "--drop-attn", "1"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        proc = subprocess.Popen(
+            [EXE, "export", family_sources["gemma2"], out, "--drop-attn", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 120
         while wait_for_partial and not list(tmp_path.glob(".out.skipprune-partial-*")):
             assert proc.poll() is None and time.monotonic() < deadline, "the export never started writing"
@@ -200,8 +203,11 @@ def test_a_bad_path_fails_before_torch_is_imported(tmp_path):
         "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
         "print('torch' in sys.modules)"
     )
-    for args in (["export", str(tmp_path / "nope"), str(tmp_path / "o"), "--drop-attn", "1"],
-                 ["eval", str(tmp_path / "nope")], ["analyze", str(tmp_path / "nope")]):  # fmt: skip
+    for args in (
+        ["export", str(tmp_path / "nope"), str(tmp_path / "o"), "--drop-attn", "1"],
+        ["eval", str(tmp_path / "nope")],
+        ["analyze", str(tmp_path / "nope")],
+    ):
         proc = subprocess.run([shutil.which("python"), "-c", code, *args], capture_output=True, text=True)
         assert proc.stdout.strip() == "False", (args, proc.stdout, proc.stderr)
         assert "no such folder" in proc.stderr
@@ -294,8 +300,12 @@ CASES = [
 
 @pytest.mark.parametrize("command,args,code,needle", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_every_subcommand_rejects_bad_values_in_one_line(fixtures, tmp_path, command, args, code, needle):
-    values = {"SRC": str(DEMO_MODEL), "EXPORT": str(fixtures / "export"), "OUT": str(tmp_path / "out"),
-              "ROOT": str(fixtures)}  # fmt: skip
+    values = {
+        "SRC": str(DEMO_MODEL),
+        "EXPORT": str(fixtures / "export"),
+        "OUT": str(tmp_path / "out"),
+        "ROOT": str(fixtures),
+    }
     env = {"HF_TOKEN": "", "HF_HOME": str(tmp_path / "hf-home")}
     before = digest(fixtures)
     proc = run(command, *[a.format(**values) for a in args], env=env)

@@ -118,13 +118,7 @@ def analyze(
     trust_remote_code: bool = False,
 ) -> Analysis:
     """Per-layer importance of a stock model on `samples` windows of calibration text."""
-    check_text_arg(text)
-    check_seq_len(seq_len)
-    prepared, family = prepare_stock(model, device, trust_remote_code)
-    device = pick_device(device)
-    content, _ = read_text(text)
-    windows = token_windows(prepared.tokenizer, content, seq_len, samples)
-    loaded = load_model(prepared, device)
+    _, family, windows, _, loaded = _stock_on_windows(model, text, samples, seq_len, device, trust_remote_code)
     log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(loaded.model.layers))
     block = sum(p.numel() for p in loaded.model.layers[0].parameters())
     return Analysis(measure_importance(loaded, family, windows), block, speeds.count_params(loaded))
@@ -144,13 +138,9 @@ def sweep(
     """The seed paper's grid on a stock model, in memory, on `samples` windows of `text`."""
     tasks = tasks or []
     check_tasks(tasks)
-    check_text_arg(text)
-    check_seq_len(seq_len)
-    prepared, family = prepare_stock(model, device, trust_remote_code)
-    device = pick_device(device)
-    content, name = read_text(text)
-    windows = token_windows(prepared.tokenizer, content, seq_len, samples)
-    loaded = load_model(prepared, device)
+    prepared, family, windows, name, loaded = _stock_on_windows(
+        model, text, samples, seq_len, device, trust_remote_code
+    )
 
     def measure_point(m):
         r = measure_loaded(m, prepared, windows, name, tasks, limit, sizes=False)
@@ -158,3 +148,13 @@ def sweep(
 
     log.info("sweeping the grid (%d windows of %d tokens per point) ...", len(windows), seq_len)
     return run_sweep(loaded, family, measure_point, speed)
+
+
+def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str, trust_remote_code: bool):
+    """What analyze and sweep start from: (prepared, family, windows, text name, loaded model)."""
+    check_text_arg(text)
+    check_seq_len(seq_len)
+    prepared, family = prepare_stock(model, device, trust_remote_code)
+    content, name = read_text(text)
+    windows = token_windows(prepared.tokenizer, content, seq_len, samples)
+    return prepared, family, windows, name, load_model(prepared, pick_device(device))
