@@ -28,6 +28,9 @@ class _Group(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
             _fail("interrupted", 130)
+        except click.exceptions.NoArgsIsHelpError as e:  # plain `skipprune`: the help, as click would show it
+            click.echo(e.format_message())
+            sys.exit(0)
         except click.ClickException as e:
             hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) else ""
             _fail(f"{e.format_message()}{hint}", 2)

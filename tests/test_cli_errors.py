@@ -53,7 +53,15 @@ def test_missing_path_and_no_config(tmp_path):
 def test_unsupported_family(src, tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    assert_clean_failure(run("export", src, tmp_path / "out", "--drop-attn", "1"), "unsupported model family 'gpt2'")
+    proc = run("export", src, tmp_path / "out", "--drop-attn", "1")
+    assert_clean_failure(proc, "unsupported model family 'gpt2'")
+    assert "skipprune supports gemma2, gemma3_text, llama" in proc.stderr
+    # A multimodal wrapper has no num_hidden_layers of its own: still the family error, with the list.
+    wrapper = {"model_type": "llava", "text_config": {"model_type": "llama", "num_hidden_layers": 6}}
+    (src / "config.json").write_text(json.dumps(wrapper))
+    proc = run("export", src, tmp_path / "out", "--drop-attn", "1")
+    assert_clean_failure(proc, "unsupported model family 'llava' (a multimodal wrapper")
+    assert "skipprune supports" in proc.stderr
 
 
 def test_output_exists_equals_or_contains_source(src, tmp_path):

@@ -32,18 +32,18 @@ _CHUNK = 16 << 20
 _REPORT = "please report this"
 
 
-def expected_tensors(folder: Path, label: str, trust_remote_code: bool = False) -> tuple[dict[str, tuple], set[str]]:
+def expected_tensors(folder: Path, label: str, output: bool = False) -> tuple[dict[str, tuple], set[str]]:
     """(name -> shape, names that may be absent because they are tied) of the model `folder`'s config describes,
-    built on the meta device: no memory, no weights read."""
+    built on the meta device: no memory, no weights read. A source's config never runs remote code; an
+    output's code is skipprune's own, written moments ago, and a failure there is skipprune's."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with translated(
-        SourceError, f"reading the config of {label}", "fix config.json or restore it from the original model"
-    ):
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    kind, fix = (VerificationError, _REPORT) if output else (SourceError, "fix config.json or restore it")
+    with translated(kind, f"building the model that {label}'s config describes", fix):
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=output)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=output)
     shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     return shapes, set(getattr(model, "all_tied_weights_keys", None) or {})
 
@@ -119,7 +119,7 @@ _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 def check_model_expects(folder: Path, expected: list[OutTensor]) -> None:
     """The output model, built on the meta device from the written config, expects exactly the tensors written,
     with their shapes (a tied lm_head may be absent)."""
-    shapes, tied = expected_tensors(folder, folder.name, trust_remote_code=True)
+    shapes, tied = expected_tensors(folder, "the export", output=True)
     written = {t.name: t.shape for t in expected}
     unused = sorted(set(written) - set(shapes))
     lacking = sorted(set(shapes) - set(written) - tied)
