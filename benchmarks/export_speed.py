@@ -1,6 +1,6 @@
 """Export speed and memory against `cp -r` of the same checkpoint, measured side by side.
 
-    python benchmarks/export_speed.py [--dir /tmp/skipprune-bench] [--repeats 5] [--layers 22]
+    python benchmarks/export_speed.py [--dir /tmp/skipprune-bench] [--repeats 5] [--layers 22] [--verify]
 
 Builds a random bf16 checkpoint of TinyLlama-1.1B's shape (about 2 GiB, two shards) once, then alternates
 `cp -r SOURCE` (plain, and followed by `sync` of the copied files: a durable copy) and `skipprune export SOURCE
@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=22)
     ap.add_argument("--drop", default="last:7")
     ap.add_argument("--fresh", action="store_true", help="regenerate the source checkpoint")
+    ap.add_argument("--verify", action="store_true", help="also time exports with the logit check (both modes)")
     args = ap.parse_args()
     if args.fresh:
         shutil.rmtree(args.dir / "source", ignore_errors=True)
@@ -118,6 +119,23 @@ def main() -> None:
         "skipprune export": lambda out: [exe, "export", str(src), str(out), "--drop-blocks", args.drop, "--no-verify"],
         "python -c 'import torch, transformers'": lambda out: [sys.executable, "-c", "import torch, transformers"],
     }
+    if args.verify:
+        drop = ["--drop-blocks", args.drop]
+        cmds["skipprune export (logits checked: default)"] = lambda out: [exe, "export", str(src), str(out), *drop]
+        # The default streams this checkpoint's weights from disk; force the in-memory fp32 path for comparison.
+        in_memory = (
+            "import importlib, sys; importlib.import_module('skipprune.export.verify').fits_in_memory = "
+            "lambda *a: True; from skipprune.cli import main; main(sys.argv[1:])"
+        )
+        cmds["skipprune export (logits checked in memory, forced)"] = lambda out: [
+            sys.executable,
+            "-c",
+            in_memory,
+            "export",
+            str(src),
+            str(out),
+            *drop,
+        ]
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in cmds}
     for _ in range(args.repeats + 1):  # the first round warms the page cache and is discarded
         for name, cmd in cmds.items():

@@ -154,8 +154,8 @@ def main():
 @click.option(
     "--verify/--no-verify",
     default=None,
-    help="Compare logits against the bypassed source (default: when the model fits in memory). "
-    "Structure and bytes are always verified.",
+    help="Compare logits against the bypassed source (default: on; weights are streamed from disk when the "
+    "models do not fit in memory). The source, the structure and the kept bytes are always checked.",
 )
 def export(source, output, push_to, private, verify, **options):
     """Write OUTPUT: a copy of SOURCE (folder or Hub id) without the removed sublayers."""
