@@ -1,0 +1,146 @@
+"""A Llama-2-7B-shape export with its logit check, on a machine where the model does not fit twice in memory.
+
+    python benchmarks/large_export.py [--dir /tmp/skipprune-large] [--layers 32] [--drop last:33%] [--keep]
+
+Writes a random bf16 checkpoint of Llama-2-7B's shape (hidden 4096, MLP 11008, 32 heads, vocab 32000; 13.5 GB
+at 32 layers, in 5 GB shards) into a temporary folder, then times `cp -r` of it and the default
+`skipprune export SOURCE OUT --drop-attn SPEC` (source check, structure and bytes, model check, and the logit
+check, which streams both models' weights from disk at this size), reporting wall time and peak RSS (from
+wait4), and deletes everything unless --keep. Run it at 16 and 32 layers to see whether the peak grows with
+depth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHAPE = {"vocab": 32000, "hidden": 4096, "intermediate": 11008, "heads": 32}
+SHARD_BYTES = 5 * 10**9
+
+
+def make_checkpoint(folder: Path, layers: int) -> None:
+    """Random-looking bf16 weights, cheaply: one random block tiled over each tensor (finite values only)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    h, i, v = SHAPE["hidden"], SHAPE["intermediate"], SHAPE["vocab"]
+    block = (torch.randn(1 << 22, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+
+    def rnd(*shape):
+        n = 1
+        for d in shape:
+            n *= d
+        return block.repeat(n // block.numel() + 1)[:n].view(*shape).clone()
+
+    names = ["model.embed_tokens.weight"]
+    shapes = {"model.embed_tokens.weight": (v, h)}
+    for n in range(layers):
+        p = f"model.layers.{n}."
+        for name, shape in (
+            ("self_attn.q_proj.weight", (h, h)),
+            ("self_attn.k_proj.weight", (h, h)),
+            ("self_attn.v_proj.weight", (h, h)),
+            ("self_attn.o_proj.weight", (h, h)),
+            ("mlp.gate_proj.weight", (i, h)),
+            ("mlp.up_proj.weight", (i, h)),
+            ("mlp.down_proj.weight", (h, i)),
+            ("input_layernorm.weight", (h,)),
+            ("post_attention_layernorm.weight", (h,)),
+        ):
+            names.append(p + name)
+            shapes[p + name] = shape
+    names += ["model.norm.weight", "lm_head.weight"]
+    shapes.update({"model.norm.weight": (h,), "lm_head.weight": (v, h)})
+    shards, size = [[]], 0
+    for name in names:
+        nbytes = 2 * int(torch.tensor(shapes[name]).prod())
+        if shards[-1] and size + nbytes > SHARD_BYTES:
+            shards.append([])
+            size = 0
+        shards[-1].append(name)
+        size += nbytes
+    weight_map = {}
+    for k, shard in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        tensors = {n: torch.ones(shapes[n], dtype=torch.bfloat16) if "norm" in n else rnd(*shapes[n]) for n in shard}
+        save_file(tensors, folder / file, metadata={"format": "pt"})
+        weight_map.update({n: file for n in shard})
+        del tensors
+    index = {"metadata": {}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    config = {
+        "model_type": "llama",
+        "architectures": ["LlamaForCausalLM"],
+        "vocab_size": v,
+        "hidden_size": h,
+        "intermediate_size": i,
+        "num_hidden_layers": layers,
+        "num_attention_heads": SHAPE["heads"],
+        "num_key_value_heads": SHAPE["heads"],
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "dtype": "bfloat16",
+    }
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def timed(cmd: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (bytes) and stderr of one command."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"failed: {' '.join(cmd)}\n{err}")
+    return wall, usage.ru_maxrss * 1024, err
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/skipprune-large"))
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--drop", default="last:33%")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the export")
+    args = ap.parse_args()
+    exe = shutil.which("skipprune") or sys.exit("install skipprune first (pip install -e .)")
+    src, out, copy = args.dir / "source", args.dir / "out", args.dir / "copy"
+    try:
+        if not (src / "config.json").exists():
+            start = time.perf_counter()
+            code = (
+                f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import large_export; "
+                f"large_export.make_checkpoint(__import__('pathlib').Path({str(src)!r}), {args.layers})"
+            )
+            subprocess.run([sys.executable, "-c", code], check=True)
+            print(f"wrote the source in {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        size = sum(p.stat().st_size for p in src.iterdir())
+        os.sync()
+        cp_wall, cp_rss, _ = timed(["cp", "-r", str(src), str(copy)])
+        shutil.rmtree(copy)
+        os.sync()
+        wall, rss, err = timed([exe, "export", str(src), str(out), "--drop-attn", args.drop])
+        record = json.loads((out / "skipprune.json").read_text())
+        print(f"source: {size / 1e9:.1f} GB, {args.layers} layers of Llama-2-7B's shape; drop-attn {args.drop}")
+        print("| command | wall (s) | vs cp -r | peak RSS (MiB) |\n|---|---:|---:|---:|")
+        print(f"| cp -r | {cp_wall:.1f} | 1.00x | {cp_rss / 2**20:.0f} |")
+        print(
+            f"| skipprune export (default, logits checked) | {wall:.1f} | {wall / cp_wall:.2f}x | {rss / 2**20:.0f} |"
+        )
+        print("verification:", json.dumps(record["verification"]["numerics"]))
+        print("\n".join(line for line in err.splitlines() if "verified" in line or "streamed" in line))
+    finally:
+        if not args.keep:
+            shutil.rmtree(args.dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
