@@ -99,6 +99,16 @@ tasks_options = _options(
     click.option("--tasks", metavar="LIST", help="lm-eval tasks, comma separated: names or task YAML paths."),
     click.option("--limit", type=click.IntRange(min=1), help="At most this many examples per task (quick runs)."),
 )
+spread_options = _options(
+    click.option(
+        "--device-map",
+        type=click.Choice(["auto", "balanced", "balanced_low_0", "sequential"]),
+        help="Spread the model with accelerate over the GPUs, then CPU memory, then disk (checkpoint dtype).",
+    ),
+    click.option(
+        "--max-memory", metavar="LIST", help="With --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB."
+    ),
+)
 speed_option = click.option(
     "--speed/--no-speed", default=True, show_default=True, help="Measure 1-token latency and decode speed."
 )
@@ -218,9 +228,12 @@ def push(output, repo_id, private, revision, commit_message):
 @tasks_options
 @speed_option
 @device_option
+@spread_options
 @json_option
 @trust_option
-def eval_(model, baseline, text, seq_len, tasks, limit, speed, device, json_path, trust_remote_code):
+def eval_(
+    model, baseline, text, seq_len, tasks, limit, speed, device, device_map, max_memory, json_path, trust_remote_code
+):
     """Measure MODEL (folder or Hub id): perplexity, size, KV cache, speed, and lm-eval tasks when asked."""
     from .measure.evaluate import evaluate, table
 
@@ -234,6 +247,8 @@ def eval_(model, baseline, text, seq_len, tasks, limit, speed, device, json_path
         trust_remote_code=trust_remote_code,
         tasks=_task_list(tasks),
         limit=limit,
+        device_map=device_map,
+        max_memory=max_memory,
     )
     click.echo(table(results))
     _write_json(json_path, results.to_dict())
@@ -245,11 +260,14 @@ def eval_(model, baseline, text, seq_len, tasks, limit, speed, device, json_path
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration windows.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per window.")
 @device_option
+@spread_options
 @json_option
 @plot_option
 @click.option("--suggest", "target", metavar="TARGET", help="Suggest plans removing attn:P%, kv:P% or params:P%.")
 @trust_option
-def analyze(model, text, samples, seq_len, device, json_path, plot_path, target, trust_remote_code):
+def analyze(
+    model, text, samples, seq_len, device, device_map, max_memory, json_path, plot_path, target, trust_remote_code
+):
     """Measure how much each layer's attention, MLP and block change the residual stream, on MODEL's
     calibration text; optionally suggest which layers to remove."""
     from .measure.evaluate import analyze as run_analyze
@@ -257,7 +275,7 @@ def analyze(model, text, samples, seq_len, device, json_path, plot_path, target,
 
     if target:
         parse_target(target)  # a bad target fails before any model is loaded
-    result = run_analyze(model, text, samples, seq_len, device, trust_remote_code)
+    result = run_analyze(model, text, samples, seq_len, device, trust_remote_code, device_map, max_memory)
     imp = result.importance
     click.echo(_importance_table(imp))
     data = imp.to_dict()
@@ -298,15 +316,42 @@ def _importance_table(imp) -> str:
 @tasks_options
 @speed_option
 @device_option
+@spread_options
 @json_option
 @plot_option
 @trust_option
-def sweep(model, text, seq_len, samples, tasks, limit, speed, device, json_path, plot_path, trust_remote_code):
+def sweep(
+    model,
+    text,
+    seq_len,
+    samples,
+    tasks,
+    limit,
+    speed,
+    device,
+    device_map,
+    max_memory,
+    json_path,
+    plot_path,
+    trust_remote_code,
+):
     """The seed paper's grid on MODEL, in memory: attention / MLP / blocks removed from the last layers."""
     from .measure.evaluate import sweep as run_sweep
     from .measure.sweep import rows_to_json, tables
 
-    rows = run_sweep(model, text, seq_len, samples, _task_list(tasks), limit, speed, device, trust_remote_code)
+    rows = run_sweep(
+        model,
+        text,
+        seq_len,
+        samples,
+        _task_list(tasks),
+        limit,
+        speed,
+        device,
+        trust_remote_code,
+        device_map,
+        max_memory,
+    )
     click.echo(tables(rows))
     _write_json(json_path, rows_to_json(rows))
     if plot_path:

@@ -13,7 +13,7 @@ from ..records import Measurement, Results
 from . import speed as speeds
 from .importance import measure_importance
 from .perplexity import perplexity
-from .runner import Prepared, load_model, pick_device, prepare, prepare_stock
+from .runner import Prepared, load_model, parse_max_memory, pick_device, prepare, prepare_stock
 from .sweep import SweepRow, run_sweep
 from .tasks import check_tasks, run_tasks
 from .text import check_text_arg, read_text, token_windows
@@ -58,14 +58,18 @@ def evaluate(
     trust_remote_code: bool = False,
     tasks: list[str] | None = None,
     limit: int | None = None,
+    device_map: str | None = None,
+    max_memory: str | dict | None = None,
 ) -> Results:
     """Measure `model` (and `baseline`, in the same run, speed interleaved): perplexity, sizes, KV cache,
-    speed, lm-eval tasks."""
+    speed, lm-eval tasks. `device_map` / `max_memory` go to accelerate (see runner.load_model)."""
     tasks = tasks or []
     check_tasks(tasks)
     check_text_arg(text)
     check_seq_len(seq_len)
-    prepared = [prepare(ref, device, trust_remote_code) for ref in (model, baseline) if ref]
+    max_memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+    spread = device_map is not None
+    prepared = [prepare(ref, device, trust_remote_code, spread=spread) for ref in (model, baseline) if ref]
     device = pick_device(device)
     if baseline and prepared[0].vocab_size != prepared[1].vocab_size:
         raise MeasureError(
@@ -78,7 +82,7 @@ def evaluate(
         raise MeasureError(f"--seq-len {seq_len} must be between 2 and the model's maximum, {max_len}")
     content, name = read_text(text)
     windows = token_windows(prepared[0].tokenizer, content, seq_len)
-    loaded = [load_model(p, device) for p in prepared]
+    loaded = [load_model(p, device, device_map, max_memory) for p in prepared]
     measured = []
     for m, p in zip(loaded, prepared):
         log.info("measuring %s: perplexity over %d windows of %d tokens ...", p.label, len(windows), seq_len)
@@ -116,9 +120,12 @@ def analyze(
     seq_len: int = 256,
     device: str = "auto",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    max_memory: str | dict | None = None,
 ) -> Analysis:
     """Per-layer importance of a stock model on `samples` windows of calibration text."""
-    _, family, windows, _, loaded = _stock_on_windows(model, text, samples, seq_len, device, trust_remote_code)
+    spread = (device_map, max_memory)
+    _, family, windows, _, loaded = _stock_on_windows(model, text, samples, seq_len, device, trust_remote_code, spread)
     log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(loaded.model.layers))
     block = sum(p.numel() for p in loaded.model.layers[0].parameters())
     return Analysis(measure_importance(loaded, family, windows), block, speeds.count_params(loaded))
@@ -134,12 +141,15 @@ def sweep(
     speed: bool = True,
     device: str = "auto",
     trust_remote_code: bool = False,
+    device_map: str | None = None,
+    max_memory: str | dict | None = None,
 ) -> list[SweepRow]:
     """The seed paper's grid on a stock model, in memory, on `samples` windows of `text`."""
     tasks = tasks or []
     check_tasks(tasks)
+    spread = (device_map, max_memory)
     prepared, family, windows, name, loaded = _stock_on_windows(
-        model, text, samples, seq_len, device, trust_remote_code
+        model, text, samples, seq_len, device, trust_remote_code, spread
     )
 
     def measure_point(m):
@@ -150,11 +160,14 @@ def sweep(
     return run_sweep(loaded, family, measure_point, speed)
 
 
-def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str, trust_remote_code: bool):
-    """What analyze and sweep start from: (prepared, family, windows, text name, loaded model)."""
+def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str, trust_remote_code: bool, spread):
+    """What analyze and sweep start from: (prepared, family, windows, text name, loaded model); `spread` is
+    (device_map, max_memory) for accelerate."""
+    device_map, max_memory = spread
+    max_memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
     check_text_arg(text)
     check_seq_len(seq_len)
-    prepared, family = prepare_stock(model, device, trust_remote_code)
+    prepared, family = prepare_stock(model, device, trust_remote_code, spread=device_map is not None)
     content, name = read_text(text)
     windows = token_windows(prepared.tokenizer, content, seq_len, samples)
-    return prepared, family, windows, name, load_model(prepared, pick_device(device))
+    return prepared, family, windows, name, load_model(prepared, pick_device(device), device_map, max_memory)

@@ -8,6 +8,7 @@ import math
 from ..errors import MeasureError
 from ..prune.families import Family
 from ..prune.suggest import Importance
+from .runner import input_device
 
 
 def _cos(a, b):
@@ -55,7 +56,7 @@ def measure_importance(model, family: Family, windows, max_n: int | None = None)
     try:
         for ids in windows:
             with torch.no_grad():
-                model(input_ids=ids.view(1, -1).to(model.device), use_cache=False)
+                model(input_ids=ids.view(1, -1).to(input_device(model)), use_cache=False)
             count = ids.numel()
             tokens += count
             for i in range(n_layers):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from ..records import PerplexityProtocol
+from .runner import input_device
 
 
 def perplexity(model, windows, text_name: str) -> tuple[float, PerplexityProtocol]:
@@ -16,7 +17,7 @@ def perplexity(model, windows, text_name: str) -> tuple[float, PerplexityProtoco
     nll = 0.0
     with torch.no_grad():
         for w in range(n):
-            chunk = windows[w : w + 1].to(model.device)
+            chunk = windows[w : w + 1].to(input_device(model))
             logits = model(input_ids=chunk, use_cache=False).logits.float()
             nll += torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum").item()
     count = n * (seq_len - 1)

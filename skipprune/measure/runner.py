@@ -8,7 +8,10 @@ are stock and always load without remote code.
 
 from __future__ import annotations
 
+import atexit
 import math
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,8 +53,11 @@ def pick_device(device: str) -> str:
     return device
 
 
-def prepare(ref: str, device: str, trust_remote_code: bool = False, revision: str | None = None) -> Prepared:
-    """Resolve `ref`, refuse foreign code and models that won't fit, load the tokenizer."""
+def prepare(
+    ref: str, device: str, trust_remote_code: bool = False, revision: str | None = None, spread: bool = False
+) -> Prepared:
+    """Resolve `ref`, refuse foreign code and models that won't fit (unless accelerate will `spread` them over
+    devices and disk), load the tokenizer."""
     folder, sha = resolve_folder(ref, revision)
     config = read_config(folder, ref)
     own = is_own_code(folder, config)
@@ -62,7 +68,8 @@ def prepare(ref: str, device: str, trust_remote_code: bool = False, revision: st
             "trust it"
         )
     device = pick_device(device)  # only now: a bad path fails before torch is imported
-    _check_fits(folder, ref, device, 4 if device == "cpu" else None)
+    if not spread:
+        _check_fits(folder, ref, device, 4 if device == "cpu" else None)
     tokenizer = _tokenizer(folder, ref, config, own, trust_remote_code)
     return Prepared(ref, ref if sha else folder.name, folder, config, own or trust_remote_code, tokenizer)
 
@@ -77,21 +84,59 @@ def _tokenizer(folder: Path, ref: str, config: dict, own: bool, trust_remote_cod
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
-def load_model(prepared: Prepared, device: str):
-    """fp32 on CPU (bf16 matmuls there are slow and imprecise), the checkpoint dtype on CUDA."""
+def load_model(prepared: Prepared, device: str, device_map: str | None = None, max_memory: dict | None = None):
+    """fp32 on CPU (bf16 matmuls there are slow and imprecise), the checkpoint dtype on CUDA. With a
+    `device_map` (accelerate: auto, balanced, sequential, ...), the checkpoint dtype, the layers spread over
+    the GPUs and `max_memory`, the rest offloaded to CPU memory and then to disk (weights read when a module
+    runs, from the safetensors files where they can be)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.float32 if device == "cpu" else "auto"
+    options: dict = {"dtype": torch.float32 if device == "cpu" else "auto"}
+    if device_map:
+        offload = tempfile.mkdtemp(prefix="skipprune-offload-")
+        atexit.register(shutil.rmtree, offload, ignore_errors=True)
+        options = {"dtype": "auto", "device_map": device_map, "max_memory": max_memory, "offload_folder": offload}
     with translated(MeasureError, f"loading {prepared.ref}", "check the model folder"):
-        model = AutoModelForCausalLM.from_pretrained(prepared.folder, dtype=dtype, trust_remote_code=prepared.trust)
-        model = model.to(device)
+        model = AutoModelForCausalLM.from_pretrained(prepared.folder, trust_remote_code=prepared.trust, **options)
+        if not device_map:
+            model = model.to(device)
     return model.eval()
 
 
-def prepare_stock(ref: str, device: str, trust_remote_code: bool = False) -> tuple[Prepared, Family]:
+def input_device(model):
+    """Where a model's inputs go: its embedding's device; with weights offloaded by accelerate (on the meta
+    device until their module runs), the CPU, where its hooks run them."""
+    import torch
+
+    dev = model.get_input_embeddings().weight.device
+    return torch.device("cpu") if dev.type == "meta" else dev
+
+
+def placement(model) -> str:
+    """The device a model runs on, or its spread (e.g. 'cpu+disk') when accelerate dispatched it."""
+    spread = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+    return "+".join(spread) if len(spread) > 1 or spread == ["disk"] else str(input_device(model))
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """'0=20GiB,1=20GiB,cpu=60GiB' -> {0: '20GiB', 1: '20GiB', 'cpu': '60GiB'} (accelerate's max_memory)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, _, value = item.strip().partition("=")
+        if not value or not (key.isdigit() or key in ("cpu", "mps", "disk")):
+            raise MeasureError(f"bad --max-memory item {item!r}: write DEVICE=SIZE items like 0=20GiB,cpu=60GiB")
+        out[int(key) if key.isdigit() else key] = value.strip()
+    return out
+
+
+def prepare_stock(
+    ref: str, device: str, trust_remote_code: bool = False, spread: bool = False
+) -> tuple[Prepared, Family]:
     """A stock model of a supported family (what analyze and sweep take), refused before loading otherwise."""
-    prepared = prepare(ref, device, trust_remote_code)
+    prepared = prepare(ref, device, trust_remote_code, spread=spread)
     if prepared.config.get("model_type") == "skipprune":
         raise SourceError(f"{ref} is already a skipprune export; use the source model instead")
     return prepared, family_for(prepared.config.get("model_type"), prepared.config)
@@ -113,5 +158,5 @@ def _check_fits(folder: Path, ref: str, device: str, bytes_per_param: int | None
     if need > 0.9 * free:
         raise MeasureError(
             f"{ref} needs about {need / 2**30:.1f} GiB on {device} but {free / 2**30:.1f} GiB are free; "
-            "use a larger device (--device cuda) or a smaller model"
+            "use --device-map auto (spreads it over GPUs, CPU memory and disk), a larger device, or a smaller model"
         )

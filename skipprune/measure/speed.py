@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..records import Latency, Speed
+from .runner import input_device, placement
 
 PROMPT_LENGTHS = (50, 100)
 BATCH = 8
@@ -35,7 +36,7 @@ def cache_of(output):
 def kv_bytes_per_token(model, tokens: int = 8) -> int:
     import torch
 
-    ids = torch.zeros(1, tokens, dtype=torch.long, device=model.device)
+    ids = torch.zeros(1, tokens, dtype=torch.long, device=input_device(model))
     with torch.no_grad():
         cache = cache_of(model(input_ids=ids, use_cache=True))
     total = 0
@@ -63,7 +64,7 @@ def prompt_batch(model, batch: int, length: int):
 
     g = torch.Generator().manual_seed(0)
     vocab = model.config.get_text_config().vocab_size
-    return torch.randint(0, vocab, (batch, length), generator=g).to(model.device)
+    return torch.randint(0, vocab, (batch, length), generator=g).to(input_device(model))
 
 
 def predict_one_token(model, ids) -> None:
@@ -89,7 +90,7 @@ def interleaved_decode(models: list, tokens: int = DECODE_TOKENS, repeats: int =
 
     def run(model):
         with torch.no_grad():
-            model.generate(ids.to(model.device), **kw)
+            model.generate(ids.to(input_device(model)), **kw)
         _sync(model)
 
     seconds = alternating_medians([lambda m=m: run(m) for m in models], repeats)
@@ -97,17 +98,17 @@ def interleaved_decode(models: list, tokens: int = DECODE_TOKENS, repeats: int =
 
 
 def _sync(model) -> None:
-    if model.device.type == "cuda":
+    if input_device(model).type == "cuda":
         import torch
 
-        torch.cuda.synchronize(model.device)
+        torch.cuda.synchronize()  # every GPU: a device_map may spread the model over several
 
 
 def speed(models: list, batch: int = BATCH) -> list[Speed]:
     """Tyukin et al. 2024 section 3.3 (1-token latency at prompt lengths 50 and 100) plus decode speed, the
     models taking turns."""
     out = [
-        Speed(device=str(m.device), dtype=str(m.dtype).replace("torch.", ""), decode_tokens=DECODE_TOKENS)
+        Speed(device=placement(m), dtype=str(m.dtype).replace("torch.", ""), decode_tokens=DECODE_TOKENS)
         for m in models
     ]
     for length in PROMPT_LENGTHS:
@@ -121,13 +122,14 @@ def speed(models: list, batch: int = BATCH) -> list[Speed]:
 
 def peak_generation_memory(model, tokens: int = DECODE_TOKENS) -> int | None:
     """Peak device memory while generating `tokens` tokens, where the device reports it (CUDA); else None."""
-    if model.device.type != "cuda":
+    device = input_device(model)
+    if device.type != "cuda":
         return None
     import torch
 
-    torch.cuda.synchronize(model.device)
-    torch.cuda.reset_peak_memory_stats(model.device)
-    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], device=model.device)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats(device)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], device=device)
     with torch.no_grad():
         model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0)
-    return torch.cuda.max_memory_allocated(model.device)
+    return torch.cuda.max_memory_allocated(device)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import MeasureError
 from ..records import TaskScore
+from .runner import input_device
 
 # name -> (few-shot count, metric reported)
 OPEN_LLM_V1 = {
@@ -52,6 +53,9 @@ def run_tasks(model, tokenizer, tasks: list[str], limit: int | None = None) -> d
     manager = TaskManager(include_path=include or None, include_defaults=not local or len(local) < len(tasks))
     out = {}
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=8)
+    # lm-eval takes a passed-in model's device from its first weight, which accelerate's offload leaves on the
+    # meta device; inputs belong where the embedding runs.
+    lm._device = input_device(model)
     for task in tasks:
         name = _task_name(local[task]) if task in local else task
         shots, metric = OPEN_LLM_V1.get(name, (None, None))
