@@ -139,20 +139,8 @@ def test_pushed_files_name_no_local_path(hub, tmp_path):
     text.write_text(HELDOUT.read_text(encoding="utf-8")[:20000], encoding="utf-8")
     proc = run("export", DEMO_MODEL, out, "--drop-attn", "last:3", env=hub.env)
     assert proc.returncode == 0, proc.stderr
-    proc = run(
-        "eval",
-        out,
-        "--baseline",
-        DEMO_MODEL,
-        "--no-speed",
-        "--seq-len",
-        "64",
-        "--text",
-        text,
-        "--json",
-        out / "results.json",
-        env=hub.env,
-    )
+    measure = ["--no-speed", "--seq-len", "64", "--text", text, "--json"]
+    proc = run("eval", out, "--baseline", DEMO_MODEL, *measure, out / "results.json", env=hub.env)
     assert proc.returncode == 0, proc.stderr
     assert run("card", out, env=hub.env).returncode == 0
     assert run("push", out, "demo-pruned", env=hub.env).returncode == 0
@@ -167,18 +155,7 @@ def test_pushed_files_name_no_local_path(hub, tmp_path):
     assert "file calibration.txt" in card
 
     # Measuring the pushed model by its Hub id labels it by that id, not by a snapshot hash.
-    proc = run(
-        "eval",
-        "tester/demo-pruned",
-        "--no-speed",
-        "--seq-len",
-        "64",
-        "--text",
-        text,
-        "--json",
-        tmp_path / "hub.json",
-        env=hub.env,
-    )
+    proc = run("eval", "tester/demo-pruned", *measure, tmp_path / "hub.json", env=hub.env)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "hub.json").read_text())["model"] == "tester/demo-pruned"
 
