@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,3 +50,23 @@ def write_text_durably(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+@contextmanager
+def block_progress(layers, desc: str):
+    """A progress bar that advances as each decoder block runs (forward pre-hooks on `layers`): one tick per
+    block per forward pass. Shown on terminals only, like every bar of skipprune's."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(layers), desc=desc, unit="block", disable=None, leave=False)
+
+    def tick(module, args) -> None:  # a pre-hook's return value would replace the block's inputs
+        bar.update(1)
+
+    handles = [layer.register_forward_pre_hook(tick) for layer in layers]
+    try:
+        yield bar
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()

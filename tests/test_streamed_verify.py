@@ -7,6 +7,7 @@ import importlib
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
@@ -102,3 +103,30 @@ def test_streamed_and_in_memory_agree(family_sources, tmp_path):
     streamed, in_memory = verify.verify_numerics(*args, streamed=True), verify.verify_numerics(*args)
     assert streamed.max_abs_logit_diff == in_memory.max_abs_logit_diff == 0.0
     assert (streamed.tokens, streamed.dtype) == (in_memory.tokens, in_memory.dtype) == (28, "float32")
+
+
+def test_block_progress_bars_leave_the_computation_alone(family_sources, monkeypatch):
+    """Each block's bar tick is a forward pre-hook: whatever the bar returns must not replace the block's
+    inputs. tqdm returns True from update() once it draws, so draw on every update here."""
+    import io
+
+    import tqdm.auto
+    from transformers import AutoModelForCausalLM
+
+    from skipprune.system import block_progress
+
+    class Eager(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(
+                *args, **{**kwargs, "disable": False, "mininterval": 0, "miniters": 1, "file": io.StringIO()}
+            )
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Eager)
+    model = AutoModelForCausalLM.from_pretrained(family_sources["llama"], dtype=torch.float32)
+    ids = torch.tensor([[5, 17, 42, 9]])
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with block_progress(model.model.layers, "check") as bar:
+            got = model(input_ids=ids).logits
+            assert bar.n == 6 and isinstance(bar, Eager)
+    assert torch.equal(got, want)

@@ -25,6 +25,7 @@ from ..errors import SourceError, VerificationError, translated
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from ..records import NumericCheck, StructureCheck
+from ..system import block_progress
 from .source import Source, index_tensors
 from .writer import OutTensor, convert_bytes
 
@@ -202,14 +203,14 @@ def verify_numerics(
             with torch.no_grad():
                 for p in reference.parameters():
                     p.copy_(p.to(getattr(torch, dtype)))
-        with torch.no_grad(), bypassed(reference, plan, family):
+        with torch.no_grad(), bypassed(reference, plan, family), block_progress(reference.model.layers, "source"):
             want = reference(input_ids=ids, attention_mask=mask).logits.float()
         del reference
         if not torch.isfinite(want[real]).all():
             _blame_source_values(source)
         with translated(VerificationError, "loading the export for the logit check", _REPORT):
             exported = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **load)
-        with torch.no_grad():
+        with torch.no_grad(), block_progress(exported.model.layers, "export"):
             out = exported(input_ids=ids, attention_mask=mask).logits
         del exported
     computed_in = str(out.dtype).replace("torch.", "")

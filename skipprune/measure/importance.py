@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from tqdm.auto import tqdm
+
 from ..errors import MeasureError
 from ..prune.families import Family
 from ..prune.suggest import Importance
@@ -54,7 +56,7 @@ def measure_importance(model, family: Family, windows, max_n: int | None = None)
         handles.append(layer.register_forward_hook(keep_output(i)))
         handles.append(getattr(layer, family.attention_out).register_forward_hook(keep_attention(i)))
     try:
-        for ids in windows:
+        for ids in tqdm(windows, desc="analyze", unit="window", disable=None, leave=False):
             with torch.no_grad():
                 model(input_ids=ids.view(1, -1).to(input_device(model)), use_cache=False)
             count = ids.numel()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+from tqdm.auto import tqdm
+
 from ..records import PerplexityProtocol
 from .runner import input_device
 
@@ -15,11 +17,12 @@ def perplexity(model, windows, text_name: str) -> tuple[float, PerplexityProtoco
 
     n, seq_len = windows.shape
     nll = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), tqdm(total=n, desc="perplexity", unit="window", disable=None, leave=False) as bar:
         for w in range(n):
             chunk = windows[w : w + 1].to(input_device(model))
             logits = model(input_ids=chunk, use_cache=False).logits.float()
             nll += torch.nn.functional.cross_entropy(logits[0, :-1], chunk[0, 1:], reduction="sum").item()
+            bar.update(1)
     count = n * (seq_len - 1)
     protocol = PerplexityProtocol(
         text=text_name, tokens=n * seq_len, windows=n, seq_len=seq_len, predicted_tokens=count, unit="token"
