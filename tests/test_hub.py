@@ -164,3 +164,13 @@ def test_push_checks_the_records_before_creating_anything(hub, export_dir):
     (export_dir / "results.json").write_text('{"schema_version": 2, "model": "x", "params": "many"}')
     assert_clean_failure(run("push", export_dir, "poisoned", env=hub.env), "params must be a whole number")
     assert "tester/poisoned" not in hub.state.repos
+
+
+def test_export_and_push_in_one_command(hub, family_sources, tmp_path):
+    out = tmp_path / "o"
+    proc = run("export", family_sources["llama"], out, "--drop-attn", "4-5", "--push-to", "one-go", env=hub.env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(out), f"{hub.url}/tester/one-go"]
+    files = hub.state.repos["tester/one-go"].files("main")
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert 'from_pretrained("tester/one-go", trust_remote_code=True)' in files["README.md"].decode()
