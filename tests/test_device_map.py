@@ -90,3 +90,7 @@ def test_lm_eval_on_the_dispatched_model(tmp_path, text):
     results = skipprune.evaluate(str(DEMO_MODEL), text=str(text), seq_len=64, speed=False, tasks=[str(task)], **OFFLOAD)
     score = results.tasks["skipprune_tiny_mc"]
     assert score.metric == "acc" and 0 <= score.value <= 1 and score.local
+
+
+def test_max_memory_needs_a_device_map():
+    assert_clean_failure(run("analyze", DEMO_MODEL, "--max-memory", "cpu=1GiB"), "only applies with --device-map")

@@ -13,7 +13,7 @@ from ..records import Measurement, Results
 from . import speed as speeds
 from .importance import measure_importance
 from .perplexity import perplexity
-from .runner import Prepared, load_model, parse_max_memory, pick_device, prepare, prepare_stock
+from .runner import Prepared, load_model, pick_device, placement_options, prepare, prepare_stock
 from .sweep import SweepRow, run_sweep
 from .tasks import check_tasks, run_tasks
 from .text import check_text_arg, read_text, token_windows
@@ -67,9 +67,9 @@ def evaluate(
     check_tasks(tasks)
     check_text_arg(text)
     check_seq_len(seq_len)
-    max_memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
-    spread = device_map is not None
-    prepared = [prepare(ref, device, trust_remote_code, spread=spread) for ref in (model, baseline) if ref]
+    device_map, max_memory = placement_options(device_map, max_memory)
+    spread_out = device_map is not None
+    prepared = [prepare(ref, device, trust_remote_code, spread=spread_out) for ref in (model, baseline) if ref]
     device = pick_device(device)
     if baseline and prepared[0].vocab_size != prepared[1].vocab_size:
         raise MeasureError(
@@ -124,8 +124,10 @@ def analyze(
     max_memory: str | dict | None = None,
 ) -> Analysis:
     """Per-layer importance of a stock model on `samples` windows of calibration text."""
-    spread = (device_map, max_memory)
-    _, family, windows, _, loaded = _stock_on_windows(model, text, samples, seq_len, device, trust_remote_code, spread)
+    placement = (device_map, max_memory)
+    _, family, windows, _, loaded = _stock_on_windows(
+        model, text, samples, seq_len, device, trust_remote_code, placement
+    )
     log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(loaded.model.layers))
     block = sum(p.numel() for p in loaded.model.layers[0].parameters())
     return Analysis(measure_importance(loaded, family, windows), block, speeds.count_params(loaded))
@@ -147,9 +149,9 @@ def sweep(
     """The seed paper's grid on a stock model, in memory, on `samples` windows of `text`."""
     tasks = tasks or []
     check_tasks(tasks)
-    spread = (device_map, max_memory)
+    placement = (device_map, max_memory)
     prepared, family, windows, name, loaded = _stock_on_windows(
-        model, text, samples, seq_len, device, trust_remote_code, spread
+        model, text, samples, seq_len, device, trust_remote_code, placement
     )
 
     def measure_point(m):
@@ -160,11 +162,10 @@ def sweep(
     return run_sweep(loaded, family, measure_point, speed)
 
 
-def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str, trust_remote_code: bool, spread):
-    """What analyze and sweep start from: (prepared, family, windows, text name, loaded model); `spread` is
+def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str, trust_remote_code: bool, placement):
+    """What analyze and sweep start from: (prepared, family, windows, text name, loaded model); `placement` is
     (device_map, max_memory) for accelerate."""
-    device_map, max_memory = spread
-    max_memory = parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+    device_map, max_memory = placement_options(*placement)
     check_text_arg(text)
     check_seq_len(seq_len)
     prepared, family = prepare_stock(model, device, trust_remote_code, spread=device_map is not None)

@@ -119,6 +119,13 @@ def placement(model) -> str:
     return "+".join(spread) if len(spread) > 1 or spread == ["disk"] else str(input_device(model))
 
 
+def placement_options(device_map: str | None, max_memory: str | dict | None) -> tuple[str | None, dict | None]:
+    """Checked accelerate placement options: `max_memory` as a dict, and only together with a device map."""
+    if max_memory and not device_map:
+        raise MeasureError("--max-memory only applies with --device-map; add --device-map auto")
+    return device_map, parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+
+
 def parse_max_memory(text: str | None) -> dict | None:
     """'0=20GiB,1=20GiB,cpu=60GiB' -> {0: '20GiB', 1: '20GiB', 'cpu': '60GiB'} (accelerate's max_memory)."""
     if not text:
