@@ -1,8 +1,7 @@
 """export(): source + plan -> a verified, physically smaller checkpoint folder.
 
-Everything that can be checked is checked before OUTPUT is touched: the options, the output path, the plan,
-and the source's config against its shards (that check runs while the shards are being written into the
-hidden folder, and stops them if it fails). The folder is assembled in a hidden sibling
+Everything that can be checked is checked before a byte is written: the options, the output path, the
+source's config against its shards, the plan. Then the folder is assembled in a hidden sibling
 (`.NAME.skipprune-partial-PID`), verified, flushed to stable storage (every file, then the folder), and
 renamed into place. So OUTPUT either does not exist or is complete, after a kill or a power loss too. A
 killed run leaves only the hidden partial folder (or, mid-swap with --overwrite, the previous OUTPUT set
@@ -98,12 +97,13 @@ def export(
     plan.validate(allow_empty=adaptive is not None)
     check_layers(adaptive, len(plan.layers))
     stock = plan.blocks_only and adaptive is None
-    # The source check needs torch and transformers (seconds to import): it runs while the shards are written
-    # into the hidden folder, and a source it refuses stops the writing and leaves nothing behind.
-    source_check = _Background(verify.check_source, src, family)
+    ignored = verify.check_source(src, family)
+    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
+    if ignored:
+        log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
     source_config = layout.with_layer_types(src.config) if family.derives_layer_types else src.config
     config = layout.output_config(source_config, plan, family, dtype, adaptive)
-    tensors = layout.map_tensors(src, plan, family, dtype)
+    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored))
     command = command or _command(src, out.name, specs, dtype, adaptive)
 
     with _exclusive(out), _sigterm_cleans_up():
@@ -111,21 +111,14 @@ def export(
         tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
         try:
             tmp.mkdir()
-            structure = _write_and_compare(tmp, tensors, shard_bytes, source_check.raise_if_failed)
-            ignored = source_check.result()
-            log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
-            if ignored:  # rare (legacy buffers): write the shards again without them
-                log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
-                for p in tmp.iterdir():
-                    p.unlink()
-                tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored))
-                structure = _write_and_compare(tmp, tensors, shard_bytes)
             total = sum(t.nbytes for t in tensors)
+            with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
+                write_shards(tmp, tensors, shard_bytes, bar.update)
             with translated(
                 OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
             ):
                 _write_side_files(tmp, src, config, stock=stock)
-            verification = _verify(tmp, src, plan, family, dtype, tensors, structure, verify_numerics)
+            verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics)
             record = ExportRecord(
                 source=SourceRef(src.label, src.revision, src.model_type),
                 plan=plan,
@@ -151,48 +144,8 @@ def export(
     return ExportResult(out, record)
 
 
-def _write_and_compare(tmp: Path, tensors, shard_bytes: int, poll=None):
-    """Write the shards, then compare every kept tensor with the source; `poll()` may stop the writing."""
-    total = sum(t.nbytes for t in tensors)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
-
-        def progress(nbytes: int) -> None:
-            bar.update(nbytes)
-            if poll:
-                poll()
-
-        write_shards(tmp, tensors, shard_bytes, progress)
-    return verify.verify_structure(tmp, tensors)
-
-
-class _Background:
-    """`fn(*args)` in a daemon thread: `result()` waits and returns it or raises what it raised;
-    `raise_if_failed()` raises that error as soon as there is one."""
-
-    def __init__(self, fn, *args):
-        self._value, self._error = None, None
-        self._thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
-        self._thread.start()
-
-    def _run(self, fn, args) -> None:
-        try:
-            self._value = fn(*args)
-        except BaseException as e:  # handed to the main thread by raise_if_failed / result
-            self._error = e
-
-    def raise_if_failed(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def result(self):
-        self._thread.join()
-        self.raise_if_failed()
-        return self._value
-
-
-def _verify(
-    tmp: Path, src: Source, plan, family, dtype: str, tensors, structure, numerics: bool | None
-) -> Verification:
+def _verify(tmp: Path, src: Source, plan, family, dtype: str, tensors, numerics: bool | None) -> Verification:
+    structure = verify.verify_structure(tmp, tensors)
     verify.check_model_expects(tmp, tensors)
     structure.model_expects_them = True
     kept = (
