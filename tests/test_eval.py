@@ -153,3 +153,4 @@ def test_model_that_does_not_fit(monkeypatch):
     monkeypatch.setattr(runner, "available_memory", lambda: 1 << 20)  # 1 MiB free
     res = CliRunner().invoke(main, ["eval", str(MODEL), "--no-speed", "--device", "cpu"])
     assert res.exit_code == 1 and "GiB are free" in res.output and "needs about" in res.output
+    assert "--device-map auto" in res.output  # the way out
