@@ -159,6 +159,14 @@ def main():
     help="Input-adaptive FFN skipping in the exported model: 'default' or key=value,... with cold_start, "
     "cold_end, sim_threshold, warmup_tokens, max_skips.",
 )
+@click.option(
+    "--format",
+    type=click.Choice(["default", "nemotron-nas"]),
+    default="default",
+    show_default=True,
+    help="nemotron-nas: NVIDIA's DeciLM layout, which vLLM, SGLang, TensorRT-LLM and llama.cpp serve natively "
+    "(llama and mistral sources); it loads in transformers too.",
+)
 @click.option("--push-to", metavar="REPO_ID", help="Push OUTPUT to the Hub after a successful export.")
 @click.option("--private", is_flag=True, help="With --push-to: create the repo as private.")
 @click.option(

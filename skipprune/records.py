@@ -98,10 +98,12 @@ class _Versioned:
 class ExportRecord(_Versioned):
     source: SourceRef
     plan: PrunePlan
-    architecture: str  # "stock" (only whole blocks removed) or "skipprune"
+    architecture: str  # "stock" (only whole blocks removed), "skipprune" or "nemotron-nas"
     bytes: ByteCounts
     verification: Verification
     dtype: str = "auto"
+    format: str = "default"  # or "nemotron-nas", the serving format
+    zero_ffn_layers: list[int] = field(default_factory=list)  # output layers given an all-zero FFN (serving)
     adaptive_ffn_skip: dict | None = None
     ignored_tensors: list[str] = field(default_factory=list)  # source tensors the model never reads
     command: str | None = None  # how to reproduce it, without local paths

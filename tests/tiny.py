@@ -40,3 +40,32 @@ def make_model(folder: Path, family: str, dtype=torch.float32, seed: int = 0, **
                 p.copy_(torch.randn_like(p) * 0.1 + (0 if family.startswith("gemma") else 1))
     model.save_pretrained(folder)
     return Path(folder)
+
+
+def make_byte_fallback_tokenizer(folder: Path, text: str, merges: int = 200):
+    """A Llama-2-style tokenizer (BPE with byte fallback: <unk> <s> </s>, the 256 byte tokens, then merges
+    learnt from `text`), the kind llama.cpp's converter accepts for a non-Llama-3 vocabulary."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    learner = Tokenizer(models.BPE(unk_token="<unk>"))
+    learner.normalizer = normalizer
+    learner.train_from_iterator(
+        text.splitlines(), trainers.BpeTrainer(vocab_size=merges, special_tokens=specials, show_progress=False)
+    )
+    learnt = json.loads(learner.to_str())["model"]
+    pieces = [w for w, _ in sorted(learnt["vocab"].items(), key=lambda kv: kv[1]) if w not in specials]
+    vocab = {w: i for i, w in enumerate(specials + [f"<0x{b:02X}>" for b in range(256)] + pieces)}
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learnt["merges"]]
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=pairs, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    bpe.normalizer = normalizer
+    bpe.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer

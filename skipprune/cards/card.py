@@ -89,7 +89,7 @@ def render_card(record: ExportRecord, results: Results | None, name: str, import
         scores=_scores(results),
         adaptive=_adaptive(record.adaptive_ffn_skip),
         verification=_verification(record),
-        load_note=_load_note(record),
+        load_note=_load_note(record, name),
         trust=trust,
         command=record.command or "skipprune export (called from Python)",
         source_note="" if src.on_hub else f"\n`{src.label}` is the local folder the model was pruned from.\n",
@@ -174,7 +174,34 @@ def _importance(present: bool) -> str:
     )
 
 
-def _load_note(record: ExportRecord) -> str:
+_SERVING = """\
+This folder is in NVIDIA's DeciLM "nemotron-nas" layout: `config.json` has one `block_configs` entry per layer
+(`no_op` for a removed attention or FFN), which serving engines read natively; the engines ask for
+`--trust-remote-code` only to build the config object from `configuration_skipprune_nas.py`.
+
+```
+vllm serve {name} --trust-remote-code
+python -m sglang.launch_server --model-path {name} --trust-remote-code
+trtllm-serve {name}
+# llama.cpp: convert (the script ships with llama.cpp), then run the GGUF
+python convert_hf_to_gguf.py {name} --outfile {short}.gguf
+llama-cli -m {short}.gguf
+```
+{zero}
+In transformers it loads with `trust_remote_code=True` (`modeling_skipprune_nas.py`: the stock Llama decoder with
+the removed sublayers skipped)."""
+
+
+def _load_note(record: ExportRecord, name: str) -> str:
+    if record.format == "nemotron-nas":
+        zero = (
+            f"\nOutput layers {format_indices(record.zero_ffn_layers)} keep their attention but lost their MLP; each "
+            "holds an all-zero 256-wide FFN, because llama.cpp's DeciLM graph drops the attention output of a layer "
+            "without FFN. Its output is exactly zero in every engine.\n"
+            if record.zero_ffn_layers
+            else ""
+        )
+        return _SERVING.format(name=name, short=name.rsplit("/", 1)[-1], zero=zero)
     if record.stock:
         return "Only whole blocks were removed, so this is the stock architecture: no remote code is needed."
     return (

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
+from . import nas
 from .remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
 from .source import Source
 from .writer import OutTensor, output_dtype
@@ -22,10 +23,16 @@ _NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id
 
 
 def map_tensors(
-    source: Source, plan: PrunePlan, family: Family, dtype: str = "auto", ignored: frozenset[str] = frozenset()
+    source: Source,
+    plan: PrunePlan,
+    family: Family,
+    dtype: str = "auto",
+    ignored: frozenset[str] = frozenset(),
+    keep_mlp_norm: frozenset[int] = frozenset(),
 ) -> list[OutTensor]:
     """Output tensors in source storage order (sequential reads), renamed to output numbering; `ignored` source
-    tensors (which the model never reads) are left out."""
+    tensors (which the model never reads) are left out. `keep_mlp_norm`: source layers whose removed MLP
+    keeps its input norm (the serving format puts an all-zero FFN there)."""
     pattern = re.compile(re.escape(family.layers_prefix) + r"(\d+)\.([^.]+)(\..*)?$")
     new_index = {layer.source: layer.output for layer in plan.layers}
     out = []
@@ -37,7 +44,9 @@ def map_tensors(
             i, child, rest = int(m.group(1)), m.group(2), m.group(3) or ""
             if i not in new_index:
                 continue
-            if (i in plan.drop_attention and child in family.attention) or (i in plan.drop_mlp and child in family.mlp):
+            if i in plan.drop_attention and child in family.attention:
+                continue
+            if i in plan.drop_mlp and child in family.mlp and not (i in keep_mlp_norm and child == family.mlp_in):
                 continue
             name = f"{family.layers_prefix}{new_index[i]}.{child}{rest}"
         out.append(OutTensor(name, info, output_dtype(info.dtype, dtype)))
@@ -56,14 +65,21 @@ def stock_config(source_config: dict, plan: PrunePlan) -> dict:
 
 
 def output_config(
-    source_config: dict, plan: PrunePlan, family: Family, dtype: str, adaptive: dict | None = None
+    source_config: dict,
+    plan: PrunePlan,
+    family: Family,
+    dtype: str,
+    adaptive: dict | None = None,
+    serving: bool = False,
 ) -> dict:
-    """config.json of the output: the stock family when only whole blocks go (and no adaptive FFN skipping),
-    else the skipprune wrapper."""
+    """config.json of the output: the serving format when asked, else the stock family when only whole blocks go
+    (and no adaptive FFN skipping), else the skipprune wrapper."""
     text = stock_config(source_config, plan)
     if dtype != "auto":
         text["dtype"] = dtype
         text.pop("torch_dtype", None)
+    if serving:
+        return nas.output_config(text, plan)
     if plan.blocks_only and adaptive is None:
         return text
     layers = plan.layers
@@ -102,6 +118,6 @@ def with_layer_types(config: dict) -> dict:
     return {**config, "layer_types": list(derived)} if derived else config
 
 
-def copy_remote_code(folder: Path) -> None:
-    for name in REMOTE_FILES:
+def copy_remote_code(folder: Path, files: tuple[str, ...] = REMOTE_FILES) -> None:
+    for name in files:
         shutil.copyfile(REMOTE_DIR / name, folder / name)

@@ -34,7 +34,8 @@ from ..prune.families import family_for
 from ..prune.plan import PrunePlan, format_indices
 from ..records import ByteCounts, ExportRecord, SourceRef, Verification
 from ..system import available_memory, fsync_path, fsync_tree
-from . import layout, verify
+from . import layout, nas, verify
+from .remote import NAS_FILES, REMOTE_FILES
 from .source import TOKENIZER_FILES, Source, open_source
 from .writer import parse_size, write_shards
 
@@ -67,6 +68,7 @@ def export(
     overwrite: bool = False,
     verify_numerics: bool | None = None,
     adaptive_ffn: dict | str | None = None,
+    format: str = "default",
     card: bool = True,
     command: str | None = None,
 ) -> ExportResult:
@@ -76,10 +78,15 @@ def export(
     bypassed source unless `verify_numerics=False`: in memory when both models fit comfortably, else with
     the weights streamed from disk. `adaptive_ffn` (settings
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
-    may then be empty. `command` overrides the reproduce line of the records (built from the arguments).
+    may then be empty. `format="nemotron-nas"` writes the serving format (see skipprune.export.nas) that vLLM,
+    SGLang, TensorRT-LLM and llama.cpp load. `command` overrides the reproduce line of the records (built from
+    the arguments).
     """
     if dtype not in DTYPES:
         raise PlanError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
+    if format not in nas.FORMATS:
+        raise PlanError(f"unknown format {format!r}: use {' or '.join(nas.FORMATS)}")
+    serving = format == "nemotron-nas"
     shard_bytes = parse_size(max_shard_size)
     adaptive = parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
@@ -96,15 +103,21 @@ def export(
         specs = _plan_specs(plan)
     plan.validate(allow_empty=adaptive is not None)
     check_layers(adaptive, len(plan.layers))
-    stock = plan.blocks_only and adaptive is None
+    if serving:
+        nas.check(src.config, plan, family, adaptive)
+    stock = plan.blocks_only and adaptive is None and not serving
     ignored = verify.check_source(src, family)
     log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
     if ignored:
         log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
     source_config = layout.with_layer_types(src.config) if family.derives_layer_types else src.config
-    config = layout.output_config(source_config, plan, family, dtype, adaptive)
-    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored))
-    command = command or _command(src, out.name, specs, dtype, adaptive)
+    config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
+    zero_ffn = nas.zero_ffn_layers(plan) if serving else []
+    keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
+    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm)
+    tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
+    command = command or _command(src, out.name, specs, dtype, adaptive, format)
+    code = () if stock else NAS_FILES if serving else REMOTE_FILES
 
     with _exclusive(out), _sigterm_cleans_up():
         _clean_stale_partials(out)
@@ -117,12 +130,14 @@ def export(
             with translated(
                 OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
             ):
-                _write_side_files(tmp, src, config, stock=stock)
+                _write_side_files(tmp, src, config, code)
             verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics)
             record = ExportRecord(
                 source=SourceRef(src.label, src.revision, src.model_type),
                 plan=plan,
-                architecture="stock" if stock else "skipprune",
+                architecture="stock" if stock else format if serving else "skipprune",
+                format=format,
+                zero_ffn_layers=zero_ffn,
                 bytes=ByteCounts(source=src.nbytes, output=total),
                 verification=verification,
                 dtype=dtype,
@@ -169,7 +184,7 @@ def _plan_specs(plan: PrunePlan) -> tuple[str | None, str | None, str | None, bo
     return tuple(format_indices(s) if s else None for s in (attn_only, mlp_only, plan.dropped_blocks)) + (False,)
 
 
-def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None) -> str:
+def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None, format: str) -> str:
     """The export command that reproduces this one, naming the source by Hub id or folder name, never a path."""
     drop_attn, drop_mlp, drop_blocks, keep_last = specs
     parts = ["skipprune", "export", src.label, name]
@@ -184,6 +199,8 @@ def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None) -
         parts += ["--dtype", dtype]
     if adaptive:
         parts += ["--adaptive-ffn", ",".join(f"{k}={v}" for k, v in adaptive.items())]
+    if format != "default":
+        parts += ["--format", format]
     return shlex.join(parts)
 
 
@@ -284,10 +301,9 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_side_files(folder: Path, src: Source, config: dict, stock: bool) -> None:
+def _write_side_files(folder: Path, src: Source, config: dict, code: tuple[str, ...]) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if not stock:
-        layout.copy_remote_code(folder)
+    layout.copy_remote_code(folder, code)
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (src.path / name).is_file():
             shutil.copyfile(src.path / name, folder / name)

@@ -42,15 +42,15 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-# An export's own two code files come too (they are compared byte for byte before anything runs them).
+# An export's own code files come too (they are compared byte for byte before anything runs them).
 _HUB_FILES = [
     "config.json",
     "generation_config.json",
     "*.safetensors",
     "model.safetensors.index.json",
     *TOKENIZER_FILES,
-    "configuration_skipprune.py",
-    "modeling_skipprune.py",
+    "configuration_skipprune*.py",
+    "modeling_skipprune*.py",
 ]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 

@@ -26,12 +26,13 @@ INDEX_NAME = "model.safetensors.index.json"
 @dataclass(frozen=True)
 class OutTensor:
     name: str
-    source: TensorInfo
+    source: TensorInfo | None  # None: an all-zero tensor of `zeros_shape` that the output format needs
     dtype: str  # safetensors dtype in the output
+    zeros_shape: tuple[int, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return self.source.shape
+        return self.source.shape if self.source is not None else self.zeros_shape
 
     @property
     def nbytes(self) -> int:
@@ -137,7 +138,9 @@ def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int], progr
         dst = out.fileno()
         pos = len(head)
         for t in tensors:
-            if t.dtype == t.source.dtype:
+            if t.source is None:
+                pass  # the final ftruncate fills the gap with zeros
+            elif t.dtype == t.source.dtype:
                 if t.source.file not in fds:
                     fds[t.source.file] = os.open(t.source.file, os.O_RDONLY)
                 _copy_range(fds[t.source.file], t.source.start, dst, pos, t.nbytes)

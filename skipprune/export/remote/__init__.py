@@ -14,17 +14,26 @@ AUTO_MAP = {
     "AutoConfig": "configuration_skipprune.SkipPruneConfig",
     "AutoModelForCausalLM": "modeling_skipprune.SkipPruneForCausalLM",
 }
+# The serving format (DeciLM "nemotron-nas"); its modeling file reuses the stub of modeling_skipprune.py.
+NAS_FILES = ("configuration_skipprune_nas.py", "modeling_skipprune_nas.py", *REMOTE_FILES)
+NAS_AUTO_MAP = {
+    "AutoConfig": "configuration_skipprune_nas.DeciLMConfig",
+    "AutoModelForCausalLM": "modeling_skipprune_nas.DeciLMForCausalLM",
+}
+# model_type -> (auto_map, files) of each kind of export that ships skipprune's code.
+OWN_CODE = {"skipprune": (AUTO_MAP, REMOTE_FILES), "nemotron-nas": (NAS_AUTO_MAP, NAS_FILES)}
 
 
 def is_own_code(folder: Path, config: dict) -> bool:
     """True when every piece of code that loading `folder` could run is skipprune's own: config.json's auto_map
-    names exactly skipprune's two classes, both files are byte-identical to the shipped ones, and the
-    tokenizer names no code of its own (skipprune loads tokenizers without remote code anyway)."""
-    if config.get("model_type") != "skipprune" or config.get("auto_map") != AUTO_MAP:
+    names exactly skipprune's classes for its model_type, their files are byte-identical to the shipped ones,
+    and the tokenizer names no code of its own (skipprune loads tokenizers without remote code anyway)."""
+    auto_map, files = OWN_CODE.get(config.get("model_type"), (None, ()))
+    if auto_map is None or config.get("auto_map") != auto_map:
         return False
     if any(
         not (folder / name).is_file() or (folder / name).read_bytes() != (REMOTE_DIR / name).read_bytes()
-        for name in REMOTE_FILES
+        for name in files
     ):
         return False
     try:
