@@ -159,6 +159,20 @@ def test_card_says_how_to_serve(nas_sources, tmp_path):
     assert "--format nemotron-nas" in record["command"]
 
 
+def test_eval_runs_its_own_code_unasked(gguf_source, tmp_path):
+    """skipprune's own code in the serving format is trusted as the default format's is; a changed file is not."""
+    out = tmp_path / "o"
+    skipprune.export(gguf_source, out, PLANS["mixed"], format="nemotron-nas")
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question. " * 20)
+    proc = run("eval", out, "--no-speed", "--seq-len", "16", "--text", text)
+    assert proc.returncode == 0, proc.stderr
+    assert "perplexity" in proc.stdout
+    with (out / "modeling_skipprune.py").open("a") as f:
+        f.write("# changed\n")
+    assert_clean_failure(run("eval", out, "--no-speed", "--text", text), "--trust-remote-code")
+
+
 # -- llama.cpp ------------------------------------------------------------------------------------------------
 
 

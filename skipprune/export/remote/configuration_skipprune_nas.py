@@ -6,7 +6,6 @@ filled in from the blocks once loaded. Entries read as attributes too (`block_co
 which is how vLLM and TensorRT-LLM read them.
 """
 
-from huggingface_hub.dataclasses import strict
 from transformers import LlamaConfig
 
 
@@ -26,40 +25,39 @@ def ffn_width(ffn_mult: float, hidden_size: int) -> int:
     return width if width % 256 == 0 else width + 256 - width % 256
 
 
-@strict  # as the stock config is, with the fields below (intermediate_size may be null)
 class DeciLMConfig(LlamaConfig):
+    """`block_configs` plus the stock Llama fields. A plain `__init__` rather than dataclass fields, so that engines
+    running another transformers major version (4.x included) build it too."""
+
     model_type = "nemotron-nas"
 
-    # Null in config.json; derived from block_configs on load.
-    intermediate_size: int | None = None
-    block_configs: list | None = None
-    # Where each output layer came from in the source model (provenance only).
-    source_layer_index: list[int] | None = None
-    source_num_hidden_layers: int | None = None
-
-    def __post_init__(self, **kwargs):
+    def __init__(self, block_configs=None, **kwargs):
         blocks = [
             BlockSection({k: BlockSection(v) if isinstance(v, dict) else v for k, v in b.items()})
-            for b in self.block_configs or []
+            for b in block_configs or []
         ]
-        if len(blocks) != self.num_hidden_layers:
-            raise ValueError(f"block_configs has {len(blocks)} entries for {self.num_hidden_layers} layers")
+        if blocks:
+            heads, hidden = kwargs["num_attention_heads"], kwargs["hidden_size"]
+            groups = {b.attention.n_heads_in_group for b in blocks if not b.attention.no_op}
+            if len(groups) > 1:
+                raise ValueError("this modeling code needs one n_heads_in_group for every layer with attention")
+            kwargs["num_key_value_heads"] = heads // groups.pop() if groups else heads
+            widths = {ffn_width(b.ffn.ffn_mult, hidden) for b in blocks if not b.ffn.no_op}
+            kwargs["intermediate_size"] = max(widths, default=256)
+            layers = kwargs.get("num_hidden_layers")
+            if len(blocks) != layers:
+                raise ValueError(f"block_configs has {len(blocks)} entries for {layers} layers")
+        super().__init__(**kwargs)
         self.block_configs = blocks
-        groups = {b.attention.n_heads_in_group for b in blocks if not b.attention.no_op}
-        widths = {ffn_width(b.ffn.ffn_mult, self.hidden_size) for b in blocks if not b.ffn.no_op}
-        if len(groups) > 1:
-            raise ValueError("this modeling code needs one n_heads_in_group for every layer with attention")
-        self.num_key_value_heads = self.num_attention_heads // groups.pop() if groups else self.num_attention_heads
-        self.intermediate_size = max(widths, default=256)
         # transformers' caches put an empty DummyLayer where kv_sharing_modes says "reuse": layers without
         # attention then hold no KV bytes, and length/mask lookups skip them.
-        self.kv_sharing_modes = [("reuse" if b.attention.no_op else None) for b in blocks]
-        super().__post_init__(**kwargs)
+        self.kv_sharing_modes = [("reuse" if b.attention.no_op else None) for b in blocks] or None
 
     def to_dict(self):
         out = super().to_dict()
         out.pop("kv_sharing_modes", None)
-        out["num_key_value_heads"] = out["intermediate_size"] = None
+        if out.get("block_configs"):  # null in the format: the blocks say it
+            out["num_key_value_heads"] = out["intermediate_size"] = None
         return out
 
 
