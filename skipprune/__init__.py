@@ -10,13 +10,11 @@ from .cards.hub import push
 from .errors import SkippruneError
 from .export.pipeline import ExportResult, export
 from .measure.evaluate import analyze, evaluate, sweep
-from .prune.families import FAMILIES
 from .prune.plan import PrunePlan
 from .records import ExportRecord, Results
 from .version import __version__
 
 __all__ = [
-    "FAMILIES",
     "ExportRecord",
     "ExportResult",
     "PrunePlan",

@@ -10,10 +10,10 @@ from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.prune.bypass import bypassed
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
 
 from common import assert_clean_failure, run
+from tiny import anatomy_of
 
 PROMPT = torch.tensor([[5, 17, 42, 9, 77, 3, 11, 64]])
 GEN = dict(do_sample=False, pad_token_id=0)
@@ -63,7 +63,7 @@ def test_a_skipping_step_equals_the_bypassed_plain_model(plain_and_adaptive):
         assert torch.equal(got.logits, want.logits)  # prompts are computed in full
         step = got.logits[:, -1:].argmax(-1)
         got = a(input_ids=step, past_key_values=got.past_key_values, use_cache=True).logits
-        with bypassed(ref, PrunePlan(6, set(), {2, 4}), FAMILIES[family]):
+        with bypassed(ref, PrunePlan(6, set(), {2, 4}), anatomy_of(family)):
             want = ref(input_ids=step, past_key_values=want.past_key_values, use_cache=True).logits
     assert torch.equal(got, want)
     with torch.no_grad():

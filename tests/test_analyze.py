@@ -14,11 +14,11 @@ from skipprune.cli import main
 from skipprune.measure.importance import measure_importance
 from skipprune.measure.perplexity import perplexity
 from skipprune.measure.sweep import removed_in_place
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
 from skipprune.prune.suggest import paper_grid, parse_target, suggest
 
 from common import assert_clean_failure, run
+from tiny import anatomy_of
 
 
 def windows(vocab=128, n=3, length=16):
@@ -30,7 +30,7 @@ def windows(vocab=128, n=3, length=16):
 def test_block_cosine_matches_hidden_states(family, family_sources):
     model = AutoModelForCausalLM.from_pretrained(family_sources[family], dtype=torch.float32).eval()
     ws = windows()
-    imp = measure_importance(model, FAMILIES[family], ws)
+    imp = measure_importance(model, anatomy_of(family), ws)
     # Independent: layer inputs from output_hidden_states (entry i = input of layer i, for i < L).
     n = len(model.model.layers)
     with torch.no_grad():
@@ -47,7 +47,7 @@ def test_block_cosine_matches_hidden_states(family, family_sources):
 
 def test_suggestions_respect_the_budget(family_sources):
     model = AutoModelForCausalLM.from_pretrained(family_sources["llama"], dtype=torch.float32).eval()
-    imp = measure_importance(model, FAMILIES["llama"], windows())
+    imp = measure_importance(model, anatomy_of("llama"), windows())
     attn = suggest(imp, "kv:50%")
     assert {s.strategy for s in attn} == {"last-N", "lowest-importance"}
     assert all(len(s.plan.drop_attention) == 3 and not s.plan.drop_mlp for s in attn)
@@ -75,7 +75,7 @@ def test_in_memory_removal_equals_the_export(family, family_sources, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
     ids = torch.cat(windows(n=4))
     before, _ = perplexity(model, ids, "t")
-    with removed_in_place(model, plan, FAMILIES[family]):
+    with removed_in_place(model, plan, anatomy_of(family)):
         inside, _ = perplexity(model, ids, "t")
     want, _ = perplexity(exported, ids, "t")
     assert inside == want

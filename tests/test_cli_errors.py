@@ -50,18 +50,21 @@ def test_missing_path_and_no_config(tmp_path):
     assert_clean_failure(run("export", tmp_path / "empty", out, "--drop-attn", "1"), "no config.json", out)
 
 
-def test_unsupported_family(src, tmp_path):
+def test_what_is_not_a_decoder_only_causal_lm(src, tmp_path):
+    """Any decoder-only causal LM transformers builds is supported; anything else gets one line saying why."""
     cfg = json.loads((src / "config.json").read_text())
-    (src / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    proc = run("export", src, tmp_path / "out", "--drop-attn", "1")
-    assert_clean_failure(proc, "unsupported model family 'gpt2'")
-    assert "skipprune supports gemma2, gemma3_text, llama" in proc.stderr
-    # A multimodal wrapper has no num_hidden_layers of its own: still the family error, with the list.
-    wrapper = {"model_type": "llava", "text_config": {"model_type": "llama", "num_hidden_layers": 6}}
-    (src / "config.json").write_text(json.dumps(wrapper))
-    proc = run("export", src, tmp_path / "out", "--drop-attn", "1")
-    assert_clean_failure(proc, "unsupported model family 'llava' (a multimodal wrapper")
-    assert "skipprune supports" in proc.stderr
+    cases = [
+        ({**cfg, "model_type": "not-a-model"}, "does not know model_type 'not-a-model'"),
+        ({"model_type": "t5", "num_layers": 2, "is_encoder_decoder": True}, "t5 is an encoder-decoder model"),
+        ({"model_type": "bert", "num_hidden_layers": 2}, "bert is an encoder model"),
+        ({"model_type": "clip", "num_hidden_layers": 2}, "clip has no causal-LM head"),
+        ({k: v for k, v in cfg.items() if k != "model_type"}, "config.json has no model_type"),
+        # the weights are a llama's: the gpt2 model that config describes needs other tensors
+        ({"model_type": "gpt2", "n_layer": 6, "n_embd": 32, "n_head": 4}, "missing from the shards"),
+    ]
+    for config, needle in cases:
+        (src / "config.json").write_text(json.dumps(config))
+        assert_clean_failure(run("export", src, tmp_path / "out", "--drop-blocks", "1"), needle, tmp_path / "out")
 
 
 def test_output_exists_equals_or_contains_source(src, tmp_path):

@@ -17,9 +17,9 @@ from skipprune.measure.importance import measure_importance
 from skipprune.measure.perplexity import perplexity
 from skipprune.measure.sweep import run_sweep
 from skipprune.measure.text import token_windows
-from skipprune.prune.families import FAMILIES
 
 from common import assert_clean_failure, run
+from tiny import anatomy_of
 
 OFFLOAD = {"device_map": "auto", "max_memory": "cpu=1MiB"}
 
@@ -50,7 +50,7 @@ def test_eval_with_everything_on_disk(tmp_path, text, in_memory):
 def test_analyze_with_everything_on_disk(text, in_memory):
     model, tokenizer = in_memory
     analysis = skipprune.analyze(str(DEMO_MODEL), text=str(text), samples=3, seq_len=64, **OFFLOAD)
-    want = measure_importance(model, FAMILIES["llama"], token_windows(tokenizer, text.read_text(), 64, 3))
+    want = measure_importance(model, anatomy_of("llama"), token_windows(tokenizer, text.read_text(), 64, 3))
     assert analysis.importance.block_cos == want.block_cos and analysis.importance.tokens == 3 * 64
 
 
@@ -62,7 +62,7 @@ def test_sweep_with_everything_on_disk(tmp_path, text, in_memory):
     assert res.exit_code == 0, res.output
     offloaded = json.loads((tmp_path / "s.json").read_text())
     windows = token_windows(tokenizer, text.read_text(), 64, 2)
-    rows = run_sweep(model, FAMILIES["llama"], lambda m: (*perplexity(m, windows, "x"), {}), with_speed=False)
+    rows = run_sweep(model, anatomy_of("llama"), lambda m: (*perplexity(m, windows, "x"), {}), with_speed=False)
     assert len(offloaded) == len(rows) == 19
     for a, b in zip(offloaded, rows):
         assert (a["removed_layers"], a["perplexity"]) == (b.removed_layers, b.perplexity)

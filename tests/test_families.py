@@ -11,10 +11,9 @@ from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.prune.bypass import bypassed
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
 
-from tiny import FAMILY_NAMES
+from tiny import FAMILY_NAMES, anatomy_of
 
 N = 6
 
@@ -42,7 +41,7 @@ def inputs(vocab=128, tokens=20):
 
 def reference_logits(src, plan, family, ids, mask, **load):
     ref = AutoModelForCausalLM.from_pretrained(src, dtype=load.pop("dtype", torch.float32), **load)
-    with torch.no_grad(), bypassed(ref, plan, FAMILIES[family]):
+    with torch.no_grad(), bypassed(ref, plan, anatomy_of(family)):
         return ref(input_ids=ids, attention_mask=mask).logits
 
 
@@ -69,7 +68,7 @@ def test_random_plan_matches_bypassed_source(family, seed, family_sources, tmp_p
     assert (unpadded[0] - want[0]).abs().max().item() <= 1e-5
 
     # Removed tensors are physically absent; kept ones are byte-identical under their new names.
-    fam = FAMILIES[family]
+    fam = anatomy_of(family)
     with safe_open(src / "model.safetensors", "pt") as s, safe_open(out / "model.safetensors", "pt") as o:
         out_names = set(o.keys())
         for layer in plan.layers:

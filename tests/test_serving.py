@@ -18,11 +18,10 @@ import skipprune
 from skipprune.export.nas import engine_ffn_width, ffn_mult_for
 from skipprune.export.remote import is_own_code
 from skipprune.prune.bypass import bypassed
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
 
 from common import assert_clean_failure, run
-from tiny import make_byte_fallback_tokenizer, make_model
+from tiny import anatomy_of, make_byte_fallback_tokenizer, make_model
 
 N = 6
 WIDTH = 512  # the MLP width; the all-zero stand-ins are 256 wide, so the two are told apart
@@ -53,7 +52,7 @@ def inputs(tokens=20, vocab=128):
 
 def bypassed_logits(src: Path, plan: PrunePlan, family: str, ids, mask=None):
     ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad(), bypassed(ref, plan, FAMILIES[family]):
+    with torch.no_grad(), bypassed(ref, plan, anatomy_of(family)):
         return ref(input_ids=ids, attention_mask=mask).logits
 
 
@@ -250,7 +249,7 @@ def run_llama_cpp(gguf: Path) -> tuple[torch.Tensor, list[int]]:
 
 def bypassed_greedy(src: Path, plan: PrunePlan) -> list[int]:
     ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
-    with torch.no_grad(), bypassed(ref, plan, FAMILIES["llama"]):
+    with torch.no_grad(), bypassed(ref, plan, anatomy_of("llama")):
         # no cache: the bypass hooks compute the source as it is, sublayers skipped
         ids = torch.tensor([PROMPT])
         for _ in range(CONTINUATION):

@@ -15,10 +15,9 @@ import skipprune
 from skipprune.cli import main
 from skipprune.errors import VerificationError
 from skipprune.export.source import open_source
-from skipprune.prune.families import FAMILIES
 from skipprune.prune.plan import PrunePlan
 
-from tiny import FAMILY_NAMES
+from tiny import FAMILY_NAMES, anatomy_of
 
 verify = importlib.import_module("skipprune.export.verify")
 pipeline = importlib.import_module("skipprune.export.pipeline")
@@ -93,13 +92,13 @@ def test_the_streamed_verifier_fails_a_wrong_export(tamper, family_sources, tmp_
     skipprune.export(src, tmp_path / "out", plan, verify_numerics=False)
     tamper(tmp_path / "out")
     with pytest.raises(VerificationError, match="exported logits differ"):
-        verify.verify_numerics(tmp_path / "out", open_source(str(src)), plan, FAMILIES["gemma2"], streamed=True)
+        verify.verify_numerics(tmp_path / "out", open_source(str(src)), plan, anatomy_of("gemma2"), streamed=True)
 
 
 def test_streamed_and_in_memory_agree(family_sources, tmp_path):
     src, out = family_sources["olmo2"], tmp_path / "out"
     skipprune.export(src, out, PLAN, verify_numerics=False)
-    args = (out, open_source(str(src)), PLAN, FAMILIES["olmo2"])
+    args = (out, open_source(str(src)), PLAN, anatomy_of("olmo2"))
     streamed, in_memory = verify.verify_numerics(*args, streamed=True), verify.verify_numerics(*args)
     assert streamed.max_abs_logit_diff == in_memory.max_abs_logit_diff == 0.0
     assert (streamed.tokens, streamed.dtype) == (in_memory.tokens, in_memory.dtype) == (28, "float32")

@@ -69,3 +69,10 @@ def make_byte_fallback_tokenizer(folder: Path, text: str, merges: int = 200):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     tokenizer.save_pretrained(folder)
     return tokenizer
+
+
+def anatomy_of(name: str):
+    """The Family skipprune learns from transformers for a tiny `name` model (see skipprune.export.anatomy)."""
+    from skipprune.export.anatomy import family_of
+
+    return family_of(AutoConfig.for_model(name, **{**COMMON, **EXTRA.get(name, {})}).to_dict())

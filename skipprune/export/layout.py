@@ -14,12 +14,10 @@ from pathlib import Path
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from . import nas
+from .anatomy import NOT_PER_LAYER
 from .remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
-from .source import Source
+from .source import LAYER_KEYS, Source, layer_count
 from .writer import OutTensor, output_dtype
-
-# Config lists that are not per layer even when their length happens to equal num_hidden_layers.
-_NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens"}
 
 
 def map_tensors(
@@ -44,9 +42,10 @@ def map_tensors(
             i, child, rest = int(m.group(1)), m.group(2), m.group(3) or ""
             if i not in new_index:
                 continue
-            if i in plan.drop_attention and child in family.attention:
+            if i in plan.drop_attention and child in family.weights_of("attention"):
                 continue
-            if i in plan.drop_mlp and child in family.mlp and not (i in keep_mlp_norm and child == family.mlp_in):
+            mlp = family.weights_of("mlp")
+            if i in plan.drop_mlp and child in mlp and not (i in keep_mlp_norm and child == family.mlp_in):
                 continue
             name = f"{family.layers_prefix}{new_index[i]}.{child}{rest}"
         out.append(OutTensor(name, info, output_dtype(info.dtype, dtype)))
@@ -54,14 +53,31 @@ def map_tensors(
 
 
 def stock_config(source_config: dict, plan: PrunePlan) -> dict:
-    """The source config with only the kept blocks: num_hidden_layers and every per-layer list sliced."""
+    """The source config with only the kept blocks: the layer count and every per-layer list sliced, lists of
+    layer indices renumbered, in the text config of a multimodal wrapper."""
+    if isinstance(source_config.get("text_config"), dict):
+        return {**source_config, "text_config": _cut(source_config["text_config"], plan)}
+    return _cut(source_config, plan)
+
+
+def _cut(config: dict, plan: PrunePlan) -> dict:
     kept = [layer.source for layer in plan.layers]
-    config = dict(source_config)
-    for key, value in source_config.items():
-        if isinstance(value, list) and len(value) == plan.num_layers and key not in _NOT_PER_LAYER:
-            config[key] = [value[i] for i in kept]
-    config["num_hidden_layers"] = len(kept)
-    return config
+    n = plan.num_layers
+    out = dict(config)
+    for key, value in config.items():
+        if not isinstance(value, list) or key in NOT_PER_LAYER:
+            continue
+        if len(value) == n:
+            out[key] = [value[i] for i in kept]
+        elif "layer" in key and value and all(type(i) is int and 0 <= i < n for i in value):
+            # a list of layer indices, e.g. mlp_only_layers
+            out[key] = [plan.output_index(i) for i in value if plan.output_index(i) is not None]
+    for key in LAYER_KEYS:
+        if isinstance(out.get(key), int):
+            out[key] = len(kept)
+    if isinstance(config.get("first_k_dense_replace"), int):  # dense blocks first: count the kept ones
+        out["first_k_dense_replace"] = sum(1 for i in kept if i < config["first_k_dense_replace"])
+    return out
 
 
 def output_config(
@@ -95,6 +111,9 @@ def output_config(
         "mlp_modules": list(family.mlp),
         "mlp_input_module": family.mlp_in,
         "mlp_output_module": family.mlp_out,
+        "decoder_layers": family.layers_path,
+        "attention_returns": family.attention_returns,
+        "mlp_returns": family.mlp_returns,
         "adaptive_ffn_skip": adaptive,
         "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
         "dtype": text.get("dtype") or text.get("torch_dtype"),
@@ -105,17 +124,27 @@ def output_config(
 
 
 def with_layer_types(config: dict) -> dict:
-    """Spell out `layer_types` when the family derives it from other fields, so slicing keeps each kept
-    layer's attention type (sliding or full) instead of re-deriving it for the new numbering."""
-    if "layer_types" in config:
-        return config
+    """Spell out every per-layer list the config class derives from other fields (e.g. `layer_types` from a
+    sliding-window pattern), so slicing keeps each kept layer's own settings instead of re-deriving them for
+    the new numbering."""
     from transformers import AutoConfig
 
     try:
-        derived = getattr(AutoConfig.for_model(**config), "layer_types", None)
+        built = AutoConfig.for_model(**config)
     except Exception:  # the source check reports a broken config with a clearer message
         return config
-    return {**config, "layer_types": list(derived)} if derived else config
+    nested = isinstance(config.get("text_config"), dict)
+    raw = config["text_config"] if nested else config
+    derived = (built.get_text_config(decoder=True) if nested else built).to_dict()
+    n = layer_count(raw)
+    extra = {
+        k: list(v)
+        for k, v in derived.items()
+        if k not in raw and isinstance(v, (list, tuple)) and n and len(v) == n and k not in NOT_PER_LAYER
+    }
+    if not extra:
+        return config
+    return {**config, "text_config": {**raw, **extra}} if nested else {**config, **extra}
 
 
 def copy_remote_code(folder: Path, files: tuple[str, ...] = REMOTE_FILES) -> None:

@@ -30,11 +30,10 @@ from tqdm.auto import tqdm
 from ..cards.card import write_card
 from ..errors import OutputError, PlanError, translated
 from ..prune.adaptive import check_layers, parse_adaptive
-from ..prune.families import family_for
 from ..prune.plan import PrunePlan, format_indices
 from ..records import ByteCounts, ExportRecord, SourceRef, Verification
 from ..system import available_memory, fsync_path, fsync_tree
-from . import layout, nas, verify
+from . import anatomy, layout, nas, verify
 from .remote import NAS_FILES, REMOTE_FILES
 from .source import TOKENIZER_FILES, Source, open_source
 from .writer import parse_size, write_shards
@@ -91,9 +90,9 @@ def export(
     adaptive = parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
     _check_output_parent(out)
-    src = open_source(str(source), revision, check_config=lambda c: family_for(c.get("model_type"), c))
+    src = open_source(str(source), revision, check_config=anatomy.check_config)
     _check_output(out, src.path, overwrite)
-    family = family_for(src.model_type)
+    family = anatomy.family_of(src.config)
     if plan is None:
         plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer)
         specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer)
@@ -102,6 +101,7 @@ def export(
     else:
         specs = _plan_specs(plan)
     plan.validate(allow_empty=adaptive is not None)
+    family.check(plan)
     check_layers(adaptive, len(plan.layers))
     if serving:
         nas.check(src.config, plan, family, adaptive)
@@ -110,7 +110,7 @@ def export(
     log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
     if ignored:
         log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
-    source_config = layout.with_layer_types(src.config) if family.derives_layer_types else src.config
+    source_config = layout.with_layer_types(src.config)
     config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
     zero_ffn = nas.zero_ffn_layers(plan) if serving else []
     keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)

@@ -41,6 +41,10 @@ TOKENIZER_FILES = (
     "added_tokens.json",
     "chat_template.jinja",
     "chat_template.json",
+    # a multimodal model's processor (image / video preprocessing), so its export loads with it
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
 )
 # An export's own code files come too (they are compared byte for byte before anything runs them).
 _HUB_FILES = [
@@ -83,7 +87,7 @@ class Source:
 
     @property
     def num_layers(self) -> int:
-        return self.config["num_hidden_layers"]
+        return layer_count(self.config)
 
     @property
     def on_hub(self) -> bool:
@@ -99,6 +103,20 @@ class Source:
         return sum(t.nbytes for t in self.tensors.values())
 
 
+# Config keys that count decoder layers (gpt2 says n_layer), in the language model's config of a wrapper.
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+
+
+def text_config(config: dict) -> dict:
+    """The language model's config: `text_config` of a multimodal wrapper, else the config itself."""
+    return config["text_config"] if isinstance(config.get("text_config"), dict) else config
+
+
+def layer_count(config: dict) -> int | None:
+    text = text_config(config)
+    return next((text[k] for k in LAYER_KEYS if type(text.get(k)) is int), None)
+
+
 def open_source(source: str, revision: str | None = None, check_config=None) -> Source:
     """Resolve SOURCE (folder or Hub id) and index its tensors without reading their bytes.
 
@@ -107,10 +125,12 @@ def open_source(source: str, revision: str | None = None, check_config=None) -> 
     config = read_config(folder, source)
     if check_config:
         check_config(config)
-    layers = config.get("num_hidden_layers")
+    text = text_config(config)
+    key = next((k for k in LAYER_KEYS if k in text), "num_hidden_layers")
+    layers = text.get(key)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise SourceError(
-            f"{source}: config.json has num_hidden_layers={layers!r}, not a positive whole number; "
+            f"{source}: config.json has {key}={layers!r}, not a positive whole number; "
             "restore config.json from the original model"
         )
     return Source(folder, source, sha, config, index_tensors(folder))

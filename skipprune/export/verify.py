@@ -26,6 +26,7 @@ from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from ..records import NumericCheck, StructureCheck
 from ..system import block_progress
+from .anatomy import checkpoint_names
 from .source import Source, index_tensors
 from .writer import OutTensor, convert_bytes
 
@@ -45,8 +46,9 @@ def expected_tensors(folder: Path, label: str, output: bool = False) -> tuple[di
         config = AutoConfig.from_pretrained(folder, trust_remote_code=output)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=output)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    return shapes, set(getattr(model, "all_tied_weights_keys", None) or {})
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})
+    state = {name: t for name, t in model.state_dict().items() if name not in tied}
+    return {name: tuple(t.shape) for name, t in checkpoint_names(model, state).items()}, set()
 
 
 def check_source(src: Source, family: Family) -> list[str]:
@@ -205,14 +207,14 @@ def verify_numerics(
             with torch.no_grad():
                 for p in reference.parameters():
                     p.copy_(p.to(getattr(torch, dtype)))
-        with torch.no_grad(), bypassed(reference, plan, family), block_progress(reference.model.layers, "source"):
+        with torch.no_grad(), bypassed(reference, plan, family), block_progress(family.layers(reference), "source"):
             want = reference(input_ids=ids, attention_mask=mask).logits.float()
         del reference
         if not torch.isfinite(want[real]).all():
             _blame_source_values(source)
         with translated(VerificationError, "loading the export for the logit check", _REPORT):
             exported = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **load)
-        with torch.no_grad(), block_progress(exported.model.layers, "export"):
+        with torch.no_grad(), block_progress(family.layers(exported), "export"):
             out = exported(input_ids=ids, attention_mask=mask).logits
         del exported
     computed_in = str(out.dtype).replace("torch.", "")

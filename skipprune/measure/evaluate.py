@@ -128,8 +128,9 @@ def analyze(
     _, family, windows, _, loaded = _stock_on_windows(
         model, text, samples, seq_len, device, trust_remote_code, placement
     )
-    log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(loaded.model.layers))
-    block = sum(p.numel() for p in loaded.model.layers[0].parameters())
+    layers = family.layers(loaded)
+    log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(layers))
+    block = sum(p.numel() for p in layers[0].parameters())
     return Analysis(measure_importance(loaded, family, windows), block, speeds.count_params(loaded))
 
 

@@ -23,7 +23,7 @@ def measure_importance(model, family: Family, windows, max_n: int | None = None)
     """`windows`: a (n, seq_len) token tensor (or rows of one). Memory: one window's layer inputs at a time."""
     import torch
 
-    layers = model.model.layers
+    layers = family.layers(model)
     n_layers = len(layers)
     max_n = min(max_n or n_layers, n_layers)
     sums = {k: [0.0] * n_layers for k in ("attention", "mlp", "block")}

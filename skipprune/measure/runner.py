@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import MeasureError, SourceError, translated
 from ..export.remote import is_own_code
 from ..export.source import index_tensors, read_config, resolve_folder
-from ..prune.families import Family, family_for
+from ..prune.families import Family
 from ..system import available_memory
 
 
@@ -148,7 +148,9 @@ def prepare_stock(
     prepared = prepare(ref, device, trust_remote_code, spread=spread)
     if prepared.config.get("model_type") == "skipprune":
         raise SourceError(f"{ref} is already a skipprune export; use the source model instead")
-    return prepared, family_for(prepared.config.get("model_type"), prepared.config)
+    from ..export.anatomy import family_of
+
+    return prepared, family_of(prepared.config)
 
 
 def _check_fits(folder: Path, ref: str, device: str, bytes_per_param: int | None) -> None:

@@ -47,11 +47,15 @@ def removed_in_place(model, plan: PrunePlan, family: Family):
     from ..export.remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
 
     saved = []
-    for i, layer in enumerate(model.model.layers):
-        for names, gone, is_attn in ((family.attention, plan.drop_attention, True), (family.mlp, plan.drop_mlp, False)):
+    sublayers = (
+        (family.attention, plan.drop_attention, family.attention_returns),
+        (family.mlp, plan.drop_mlp, family.mlp_returns),
+    )
+    for i, layer in enumerate(family.layers(model)):
+        for names, gone, returns in sublayers:
             if i in gone:
                 saved += [(layer, n, getattr(layer, n)) for n in names]
-                remove_sublayer(layer, list(names), returns_attention_weights=is_attn)
+                remove_sublayer(layer, list(names), returns)
     try:
         yield model
     finally:
@@ -61,7 +65,7 @@ def removed_in_place(model, plan: PrunePlan, family: Family):
 
 def run_sweep(model, family: Family, measure_point, with_speed: bool = True) -> list[SweepRow]:
     """`measure_point(model) -> (perplexity, protocol, task scores)` is called at every grid point."""
-    n = len(model.model.layers)
+    n = len(family.layers(model))
     rows = []
     prompts = speed.prompt_batch(model, speed.BATCH, 50)
     for point in paper_grid(n):

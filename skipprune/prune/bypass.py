@@ -1,8 +1,9 @@
-"""Bypass sublayers of a loaded stock model in memory, without touching its weights.
+"""Bypass sublayers or whole blocks of a loaded stock model in memory, without touching its weights.
 
-The reference semantics of "removed": the sublayer still runs, but its contribution to the residual stream
-is zero (forward hooks). Export verification compares the physically pruned checkpoint against this, so
-the two are computed by independent mechanisms. torch is only needed once a hook fires.
+The reference semantics of "removed": the sublayer still runs, but what it adds to the residual stream is
+zero (a forward hook on the child whose output is added); a removed block still runs, but hands on its input
+unchanged. Export verification compares the physically pruned checkpoint against this, so the two are
+computed by independent mechanisms. torch is only needed once a hook fires.
 """
 
 from __future__ import annotations
@@ -13,26 +14,27 @@ from .families import Family
 from .plan import PrunePlan
 
 
-def _zero_attention(module, args, output):
+def _zeroed(module, args, output):
     import torch
 
-    return (torch.zeros_like(output[0]), *output[1:])
-
-
-def _zero_mlp(module, args, output):
-    import torch
-
+    if isinstance(output, tuple):
+        return (torch.zeros_like(output[0]), *output[1:])
     return torch.zeros_like(output)
+
+
+def _passed_through(module, args, kwargs, output):
+    hidden = args[0] if args else kwargs["hidden_states"]
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
 
 @contextmanager
 def bypassed(model, plan: PrunePlan, family: Family):
-    """Within the block, `model` (a stock *ForCausalLM) computes as if the plan's sublayers were gone."""
-    layers = model.model.layers
-    handles = [
-        getattr(layers[i], family.attention[0]).register_forward_hook(_zero_attention) for i in plan.drop_attention
-    ]
-    handles += [getattr(layers[i], family.mlp[0]).register_forward_hook(_zero_mlp) for i in plan.drop_mlp]
+    """Within the block, `model` (a stock model of `family`) computes as if the plan's sublayers were gone."""
+    layers = family.layers(model)
+    blocks = set(plan.dropped_blocks)
+    handles = [layers[i].register_forward_hook(_passed_through, with_kwargs=True) for i in sorted(blocks)]
+    for out, gone in ((family.attention_out, plan.drop_attention), (family.mlp_out, plan.drop_mlp)):
+        handles += [getattr(layers[i], out).register_forward_hook(_zeroed) for i in sorted(set(gone) - blocks)]
     try:
         yield model
     finally:

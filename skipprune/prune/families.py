@@ -1,76 +1,62 @@
-"""Which parts of a decoder block belong to attention and which to the MLP, per model family (data only).
+"""What skipprune needs to know about a decoder family, as data: where its decoder blocks are, and which children
+of a block form the attention sublayer and which the MLP (each: its compute module first, then the norms only
+it uses; removing a sublayer removes all of them).
 
-Each sublayer lists the block's children it owns: its compute module first, then the norms only it uses.
-Removing a sublayer removes all of them. Pre-norm families own the norm in front of the sublayer; gemma2/3
-and olmo2 also own a post-norm on its output (RMSNorm of zero is zero, so skipping it is exact).
+The values are learnt from transformers' own code for the source at hand (skipprune.export.anatomy), not
+typed by hand, so a family works on the day transformers supports it, or is refused with the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import SourceError
+from ..errors import PlanError
 
 
 @dataclass(frozen=True)
 class Family:
     model_type: str
-    attention: tuple[str, ...]
-    mlp: tuple[str, ...]
-    layers_prefix: str = "model.layers."
-    # The config derives per-layer attention types (sliding / full) from other fields when `layer_types` is
-    # absent; they must be spelled out before layers are removed, or the new numbering re-derives them.
-    derives_layer_types: bool = False
+    layers_path: str = "model.layers"  # module path of the list of decoder blocks (also the weight-name prefix)
+    attention: tuple[str, ...] = ()  # () when sublayers cannot be removed
+    mlp: tuple[str, ...] = ()
+    attention_out: str = ""  # the child whose output is what attention adds to the residual stream
+    mlp_out: str = ""
+    mlp_in: str = ""  # the child that first receives the residual stream entering the MLP
+    attention_returns: int = 2  # what the attention module returns: 0 a tensor, k a tuple of k
+    mlp_returns: int = 0
+    no_sublayers: str | None = None  # why attention / MLP cannot be removed separately
+    no_attention: str | None = None  # why attention cannot be removed (e.g. the family's cache)
+    # The same in checkpoint weight names, where they differ from the module names (transformers renames some
+    # on load: e.g. Mixtral's `block_sparse_moe` is `mlp` once loaded, Gemma 3's `language_model.model.layers`
+    # is `model.language_model.layers`).
+    weights_prefix: str = ""
+    attention_weights: tuple[str, ...] = ()
+    mlp_weights: tuple[str, ...] = ()
 
     @property
-    def attention_out(self) -> str:
-        """The child whose output is what attention adds to the residual stream (its post-norm, if any)."""
-        return self.attention[-1] if self.post_norms else self.attention[0]
+    def layers_prefix(self) -> str:
+        """How the weight names of block i start, without the i: e.g. `model.layers.`."""
+        return self.weights_prefix or self.layers_path + "."
 
-    @property
-    def mlp_out(self) -> str:
-        return self.mlp[-1] if self.post_norms else self.mlp[0]
+    def weights_of(self, sublayer: str) -> tuple[str, ...]:
+        """The children of a block owned by 'attention' or 'mlp', as weight names spell them."""
+        return getattr(self, f"{sublayer}_weights") or getattr(self, sublayer)
 
-    @property
-    def mlp_in(self) -> str:
-        """The child that first receives the residual stream entering the MLP (its pre-norm, if any)."""
-        pre = [n for n in self.mlp[1:] if n != self.mlp_out]
-        return pre[0] if pre else self.mlp[0]
+    def layers(self, model):
+        """The module list of decoder blocks of a loaded model of this family."""
+        for part in self.layers_path.split("."):
+            model = getattr(model, part)
+        return model
 
-    @property
-    def post_norms(self) -> bool:
-        return self.attention[-1].startswith("post_")
-
-
-_PRE_NORM = dict(attention=("self_attn", "input_layernorm"), mlp=("mlp", "post_attention_layernorm"))
-_SANDWICH = dict(
-    attention=("self_attn", "input_layernorm", "post_attention_layernorm"),
-    mlp=("mlp", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
-)
-
-FAMILIES: dict[str, Family] = {
-    f.model_type: f
-    for f in (
-        Family("llama", **_PRE_NORM),
-        Family("mistral", **_PRE_NORM),
-        Family("qwen2", **_PRE_NORM, derives_layer_types=True),
-        Family("qwen3", **_PRE_NORM, derives_layer_types=True),  # q_norm / k_norm live inside self_attn
-        Family("phi3", **_PRE_NORM),  # fused qkv_proj / gate_up_proj live inside self_attn / mlp
-        Family("gemma2", **_SANDWICH, derives_layer_types=True),
-        Family("gemma3_text", **_SANDWICH, derives_layer_types=True),
-        Family("olmo2", attention=("self_attn", "post_attention_layernorm"), mlp=("mlp", "post_feedforward_layernorm")),
-    )
-}
-
-
-def family_for(model_type: str | None, config: dict | None = None) -> Family:
-    if model_type in FAMILIES:
-        return FAMILIES[model_type]
-    wrapper = (
-        " (a multimodal wrapper: its language model is not pruned on its own yet)"
-        if config and "text_config" in config
-        else ""
-    )
-    raise SourceError(
-        f"unsupported model family {model_type!r}{wrapper}: skipprune supports {', '.join(sorted(FAMILIES))}"
-    )
+    def check(self, plan) -> None:
+        """Refuse, in one line, a plan this family cannot carry out."""
+        partial = (plan.drop_attention ^ plan.drop_mlp) if plan else set()
+        if partial and self.no_sublayers:
+            raise PlanError(
+                f"{self.model_type}: only whole blocks can be removed ({self.no_sublayers}); use --drop-blocks"
+            )
+        if (plan.drop_attention - plan.drop_mlp) and self.no_attention:
+            raise PlanError(
+                f"{self.model_type}: attention cannot be removed on its own ({self.no_attention}); use --drop-blocks "
+                "or --drop-mlp"
+            )

@@ -1,8 +1,8 @@
 """Configuration of a model whose attention and/or MLP sublayers were physically removed by skipprune.
 
-`text_config` is the stock configuration (llama, qwen2, gemma2, ...) of the kept decoder blocks, renumbered
-0..n-1 with per-layer lists such as `layer_types` sliced to match. The per-layer flags say which of those
-blocks still have attention and an MLP, and which source layer each one came from. The config has its own
+`text_config` is the stock configuration (llama, qwen2, gemma2, a multimodal wrapper, ...) of the kept decoder
+blocks, renumbered 0..n-1 with per-layer lists such as `layer_types` sliced to match. The per-layer flags say
+which of those blocks still have attention and an MLP, and which source layer each one came from. The config has its own
 `model_type` so that loading without `trust_remote_code=True` fails instead of silently building the stock
 model with random weights where tensors were removed.
 """
@@ -28,6 +28,11 @@ class SkipPruneConfig(PreTrainedConfig):
     # The children receiving the residual stream entering the MLP, and producing its contribution.
     mlp_input_module: str | None = None
     mlp_output_module: str | None = None
+    # Where the decoder blocks are in the stock model, and what its attention / MLP modules return (0: a
+    # tensor, k: a tuple of k), so that a removed one's stub returns the same.
+    decoder_layers: str = "model.layers"
+    attention_returns: int = 2
+    mlp_returns: int = 0
     # Input-adaptive FFN skipping (FFN-SkipLLM); None: off, and the model computes exactly as without it.
     # Keys: cold_start, cold_end (first / last layers never skipped), sim_threshold, warmup_tokens, max_skips.
     adaptive_ffn_skip: dict | None = None
@@ -35,7 +40,8 @@ class SkipPruneConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        n = self.text_config.num_hidden_layers
+        text = self.text_config.get_text_config(decoder=True)  # the language model's, in a multimodal wrapper
+        n = text.num_hidden_layers
         self.layer_has_attention = list(self.layer_has_attention or [True] * n)
         self.layer_has_mlp = list(self.layer_has_mlp or [True] * n)
         if not len(self.layer_has_attention) == len(self.layer_has_mlp) == n:
@@ -45,7 +51,7 @@ class SkipPruneConfig(PreTrainedConfig):
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         # transformers' caches put an empty DummyLayer where kv_sharing_modes says "reuse": layers without
         # attention then hold no KV bytes, and length/mask lookups skip them.
-        self.text_config.kv_sharing_modes = [None if a else "reuse" for a in self.layer_has_attention]
+        text.kv_sharing_modes = [None if a else "reuse" for a in self.layer_has_attention]
         if self.adaptive_ffn_skip is not None:
             keys = {"cold_start", "cold_end", "sim_threshold", "warmup_tokens", "max_skips"}
             if set(self.adaptive_ffn_skip) != keys:

@@ -1,8 +1,8 @@
 """The stock <Family>ForCausalLM of transformers, except: some decoder blocks have lost their attention and/or
 their MLP sublayer (physically removed by skipprune).
 
-<Family> is the source model's family (llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3_text, olmo2), named
-by `config.text_config`; its stock decoder runs every kept block, so each computes exactly what it computed
+<Family> is the source model's family (any causal LM transformers builds, multimodal wrappers included), named
+by `config.text_config`; its stock model runs every kept block, so each computes exactly what it computed
 before. The differences:
 
 1. A removed sublayer's module is replaced by `RemovedSublayer`, whose output is zero, and its norms by
@@ -15,11 +15,9 @@ before. The differences:
 Needs only torch and transformers (>= 5.23, < 6).
 """
 
-import dataclasses
-
 import torch
 from torch import nn
-from transformers import MODEL_MAPPING, GenerationMixin, PreTrainedModel
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationMixin, PreTrainedModel
 from transformers import __version__ as transformers_version
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -32,30 +30,28 @@ if not _SUPPORTED[0] <= tuple(int(p) for p in transformers_version.split(".")[:2
         "pip install 'transformers>=5.23,<6'"
     )
 
-# transformers 5.24 renamed the cache argument and output field `past_key_values` to `cache`.
-_CACHE = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
-
-
 # -- 1. the stub and the removal ------------------------------------------------------------------------------
 
 
 class RemovedSublayer(nn.Module):
-    """Stands in for a deleted attention or MLP module: contributes zero, stores nothing."""
+    """Stands in for a deleted attention or MLP module: contributes zero, stores nothing. It returns what the
+    module it replaces returned: a tensor (`returns` 0) or a tuple of `returns` items (the rest None)."""
 
-    def __init__(self, returns_attention_weights: bool):
+    def __init__(self, returns: int):
         super().__init__()
-        self.returns_attention_weights = returns_attention_weights
+        self.returns = returns
 
-    def forward(self, hidden_states, *args, **kwargs):
-        zeros = torch.zeros_like(hidden_states)
-        return (zeros, None) if self.returns_attention_weights else zeros
+    def forward(self, *args, **kwargs):
+        hidden = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
+        zeros = torch.zeros_like(hidden)
+        return (zeros, *[None] * (self.returns - 1)) if self.returns else zeros
 
 
-def remove_sublayer(block: nn.Module, names: list, returns_attention_weights: bool) -> None:
+def remove_sublayer(block: nn.Module, names: list, returns: int) -> None:
     """Remove one sublayer from a stock decoder block: `names` is its compute module, then the norms only it
-    uses. skipprune's in-memory sweep uses this very function, so both compute the same thing."""
+    uses. skipprune's in-memory sweep and its check of each family use this very function."""
     compute, *norms = names
-    setattr(block, compute, RemovedSublayer(returns_attention_weights))
+    setattr(block, compute, RemovedSublayer(returns))
     for norm in norms:
         setattr(block, norm, nn.Identity())
 
@@ -64,7 +60,7 @@ def remove_sublayer(block: nn.Module, names: list, returns_attention_weights: bo
 
 
 class SkipPrunePreTrainedModel(PreTrainedModel):
-    """Base class: the stock family's decoder class and its attention-kernel support, from `text_config`."""
+    """Base class: the stock family's causal-LM class and its attention-kernel support, from `text_config`."""
 
     config_class = SkipPruneConfig
     base_model_prefix = "model"
@@ -74,72 +70,50 @@ class SkipPrunePreTrainedModel(PreTrainedModel):
     _ATTENTION_FLAGS = ("_supports_sdpa", "_supports_flash_attn", "_supports_flex_attn", "_supports_attention_backend")
 
     def __init__(self, config: SkipPruneConfig, *args, **kwargs):
-        self._stock_class = MODEL_MAPPING[type(config.text_config)]
+        self._stock_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config.text_config)]
         for flag in self._ATTENTION_FLAGS:
             setattr(self, flag, getattr(self._stock_class, flag, False))
         super().__init__(config, *args, **kwargs)
 
 
+def _decoder_layers(model: nn.Module, path: str) -> nn.ModuleList:
+    for part in path.split("."):
+        model = getattr(model, part)
+    return model
+
+
 class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
     """The stock causal LM of the source family with the removed sublayers stubbed out (see the module docs).
 
-    `model` is the stock decoder (e.g. `LlamaModel`) built from `config.text_config`; `lm_head` maps its output
-    to the vocabulary, tied to the input embeddings when the source tied them."""
+    Its children are the stock model's own (`model` and `lm_head` for most families), so weight names and
+    everything the stock forward does (logit scaling or soft-capping, a vision tower, ...) stay the same;
+    `forward` is the stock forward."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: SkipPruneConfig):
         super().__init__(config)
-        text = config.text_config
-        self.model = self._stock_class(text)
-        for block, has_attention, has_mlp in zip(self.model.layers, config.layer_has_attention, config.layer_has_mlp):
+        stock = self._stock_class(config.text_config)
+        for name, child in stock.named_children():
+            self.add_module(name, child)
+        self._stock = (stock,)  # a tuple, so torch does not register it twice: it shares the children above
+        self._tied_weights_keys = getattr(stock, "_tied_weights_keys", None)
+        self.base_model_prefix = stock.base_model_prefix
+        layers = _decoder_layers(self, config.decoder_layers)
+        for block, has_attention, has_mlp in zip(layers, config.layer_has_attention, config.layer_has_mlp):
             if not has_attention:
-                remove_sublayer(block, config.attention_modules, returns_attention_weights=True)
+                remove_sublayer(block, config.attention_modules, config.attention_returns)
             if not has_mlp:
-                remove_sublayer(block, config.mlp_modules, returns_attention_weights=False)
-        self.lm_head = nn.Linear(text.hidden_size, text.vocab_size, bias=False)
-        self.ffn_skip = FFNSkipState(config, self.model) if config.adaptive_ffn_skip is not None else None
+                remove_sublayer(block, config.mlp_modules, config.mlp_returns)
+        self.ffn_skip = FFNSkipState(config, stock, layers) if config.adaptive_ffn_skip is not None else None
         self.ffn_skip_stats = None
         self.post_init()
 
     def get_decoder(self):
-        return self.model
+        return self._stock[0].get_decoder()
 
-    def forward(
-        self,
-        input_ids=None,
-        attention_mask=None,
-        position_ids=None,
-        inputs_embeds=None,
-        labels=None,
-        use_cache=None,
-        logits_to_keep=0,
-        **kwargs,
-    ) -> CausalLMOutputWithPast:
-        # The cache arrives in kwargs under this transformers' name for it and goes on to the stock decoder.
-        out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(out.last_hidden_state[:, keep, :])
-        cap = getattr(self.config.text_config, "final_logit_softcapping", None)
-        if cap is not None:  # gemma2 / gemma3 soft-cap their logits
-            logits = torch.tanh(logits / cap) * cap
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.text_config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            **{_CACHE: getattr(out, _CACHE)},
-        )
+    def forward(self, *args, **kwargs) -> CausalLMOutputWithPast:
+        return self._stock[0](*args, **kwargs)
 
     def generate(self, *args, **kwargs):
         """As usual; with adaptive FFN skipping, `self.ffn_skip_stats` then says how many FFN blocks this call
@@ -167,20 +141,20 @@ class FFNSkipState:
     (prefill, more than one token) are always computed in full.
     """
 
-    def __init__(self, config, model):
+    def __init__(self, config, model, layers):
         s = config.adaptive_ffn_skip
         self.threshold, self.warmup, self.max_skips = (
             float(s["sim_threshold"]),
             int(s["warmup_tokens"]),
             int(s["max_skips"]),
         )
-        n = len(model.layers)
+        n = len(layers)
         self.layers = {i for i in range(int(s["cold_start"]), n - int(s["cold_end"])) if config.layer_has_mlp[i]}
         self.tokens = self.remaining = self.skipped = self.eligible = 0
         self.active, self.h = False, None
         model.register_forward_pre_hook(self._new_step, with_kwargs=True)
         for i in sorted(self.layers):
-            block = model.layers[i]
+            block = layers[i]
             getattr(block, config.mlp_input_module).register_forward_pre_hook(self._keep_residual)
             post = (
                 None if config.mlp_output_module == config.mlp_modules[0] else getattr(block, config.mlp_output_module)

@@ -26,9 +26,9 @@ class DeciLMForCausalLM(LlamaForCausalLM):
         super().__init__(config)
         for block, spec in zip(self.model.layers, config.block_configs):
             if spec.attention.no_op:
-                remove_sublayer(block, ["self_attn", "input_layernorm"], returns_attention_weights=True)
+                remove_sublayer(block, ["self_attn", "input_layernorm"], returns=2)
             if spec.ffn.no_op:
-                remove_sublayer(block, ["mlp", "post_attention_layernorm"], returns_attention_weights=False)
+                remove_sublayer(block, ["mlp", "post_attention_layernorm"], returns=0)
             elif (width := ffn_width(spec.ffn.ffn_mult, config.hidden_size)) != config.intermediate_size:
                 narrow = copy.copy(config)
                 narrow.intermediate_size = width

@@ -1,0 +1,392 @@
+"""What a decoder family looks like, learnt from transformers' own code rather than typed by hand.
+
+- `decoder_layers`: the module list of decoder blocks in a model (any path: `model.layers`, `transformer.h`,
+  `model.language_model.layers`, ...), found as the one module list with `num_hidden_layers` entries.
+- `shrink`: a tiny configuration of the same family (same options, small sizes), for tracing.
+- `derive_sublayers`: which children of a block form the attention sublayer and which the MLP, with the
+  norms that only each uses, from the data flow of one forward pass through a tiny random instance: a norm
+  whose output is a sublayer's input is its pre-norm, a norm fed by a sublayer's output its post-norm, a
+  norm feeding both is shared and stays. The result is checked (see `self_check`) by the same equivalence
+  every export must pass: the block with the sublayer's modules stubbed out computes exactly what the stock
+  block computes with that sublayer's contribution set to zero, cached generation included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+from .source import LAYER_KEYS, layer_count, text_config
+
+# Sizes small enough for a random model of any family to build in a blink.
+_SMALL = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "vocab_size": 256,
+    "max_position_embeddings": 256,
+    "moe_intermediate_size": 32,
+    "shared_expert_intermediate_size": 32,
+    "num_experts": 4,
+    "num_local_experts": 4,
+    "n_routed_experts": 4,
+    "num_experts_per_tok": 2,
+    "n_shared_experts": 1,
+    "kv_lora_rank": 16,
+    "q_lora_rank": 32,
+    "qk_rope_head_dim": 8,
+    "qk_nope_head_dim": 8,
+    "v_head_dim": 16,
+    "n_group": 1,
+    "topk_group": 1,
+    "sliding_window": 8,
+    "n_embd": 64,
+    "n_head": 4,
+    "n_inner": 128,
+    "ffn_hidden_size": 128,
+}
+_TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+# Lists whose length may equal the layer count by chance.
+NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens"}
+
+
+def shrink(config: dict, layers: int = 4) -> dict:
+    """The same family and options at toy size: sizes from a small table where the config has them, per-layer
+    lists cut to their first `layers` entries, token ids kept inside the small vocabulary."""
+    out = {k: v for k, v in config.items() if v is not None and k not in ("transformers_version", "auto_map")}
+    for key, value in out.items():  # the parts of a multimodal wrapper: language model, vision tower, ...
+        if isinstance(value, dict) and key.endswith("_config") and "model_type" in value:
+            out[key] = shrink(value, layers if key == "text_config" else 1)
+    if "text_config" in out:
+        return out
+    n = layer_count(out)
+    for key, value in list(out.items()):
+        if isinstance(value, list) and n and len(value) == n and key not in NOT_PER_LAYER:
+            out[key] = value[:layers]
+        elif key in _SMALL and isinstance(value, int) and not isinstance(value, bool):
+            out[key] = _SMALL[key]
+    for key in LAYER_KEYS:
+        if isinstance(out.get(key), int):
+            out[key] = layers
+    vocab = out.get("vocab_size", 256)
+    for key in _TOKEN_KEYS:
+        ids = out.get(key)
+        if isinstance(ids, int) and ids >= vocab:
+            out[key] = vocab - 1
+        elif isinstance(ids, list):
+            out[key] = [i if i < vocab else vocab - 1 for i in ids]
+    return out
+
+
+def decoder_layers(model, count: int) -> tuple[str, object]:
+    """(path, module list) of the decoder blocks: the module list with `count` entries whose entries are
+    blocks (modules with parameters), the outermost one when several qualify."""
+    import torch
+
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.ModuleList)
+        and len(module) == count
+        and all(any(True for _ in block.parameters()) for block in module)
+    ]
+    if not found:
+        raise LookupError(f"no list of {count} decoder blocks")
+    return min(found, key=lambda nm: nm[0].count("."))
+
+
+_ATTENTION = ("self_attn", "attn", "attention", "self_attention")
+_MLP = ("mlp", "feed_forward", "block_sparse_moe", "moe", "ffn", "mixer_mlp")
+
+
+@functools.cache
+def derive_sublayers(model_type: str, config_json: str) -> dict | str:
+    """{'attention': (compute, *norms), 'mlp': (...), 'attention_out', 'mlp_out', 'mlp_in'} for a family, or the
+    reason why its blocks cannot be split into attention and MLP. `config_json`: the source's (text) config."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = shrink(json.loads(config_json))
+    try:
+        tiny_config = AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(tiny_config).eval()
+        _, layers = decoder_layers(model, layer_count(config))
+    except Exception as e:  # the family's own code refuses a toy size: no derivation, blocks only
+        return f"a tiny {model_type} could not be built to study its blocks ({type(e).__name__})"
+    names = [[n for n, c in block.named_children() if any(True for _ in c.parameters())] for block in layers]
+    if any(n != names[0] for n in names):
+        return "its decoder blocks are not all built alike"
+    attention = [n for n in names[0] if n in _ATTENTION]
+    mlp = [n for n in names[0] if n in _MLP]
+    if len(attention) != 1 or len(mlp) != 1:
+        return "its blocks do not have exactly one attention module and one MLP module"
+    flow = _trace(model, layers[0], names[0])
+    if flow is None:
+        return "a forward pass through its blocks could not be traced"
+    roles = {"attention": [attention[0]], "mlp": [mlp[0]]}
+    post = {}
+    for norm in names[0]:
+        if norm in (attention[0], mlp[0]):
+            continue
+        feeds = [s for s in roles if roles[s][0] in flow["consumers"].get(norm, ())]
+        fed_by = [s for s in roles if flow["producers"].get(norm) == roles[s][0]]
+        if len(feeds) == 1 and not fed_by:
+            roles[feeds[0]].append(norm)
+        elif len(fed_by) == 1 and not feeds:
+            roles[fed_by[0]].append(norm)
+            post[fed_by[0]] = norm
+        elif len(feeds) != 2:  # a norm feeding both sublayers is shared and stays; anything else is unknown
+            return f"the role of {norm!r} in its blocks is unclear"
+    pre_mlp = [n for n in roles["mlp"][1:] if n != post.get("mlp")]
+    return {
+        "attention": tuple(roles["attention"]),
+        "mlp": tuple(roles["mlp"]),
+        "attention_out": post.get("attention", attention[0]),
+        "mlp_out": post.get("mlp", mlp[0]),
+        "mlp_in": pre_mlp[0] if pre_mlp else mlp[0],
+        "attention_returns": flow["returns"].get(attention[0], 0),
+        "mlp_returns": flow["returns"].get(mlp[0], 0),
+    }
+
+
+def _trace(model, block, children: list[str]) -> dict | None:
+    """Which child's output each child consumes, by tensor identity, in one forward pass."""
+    import torch
+
+    outputs: dict[int, str] = {}
+    alive = []  # keeps traced tensors alive, so no id is reused during the pass
+    consumers: dict[str, set[str]] = {}
+    producers: dict[str, str] = {}
+    returns: dict[str, int] = {}
+
+    def first(x):
+        return x[0] if isinstance(x, (tuple, list)) and x else x
+
+    def pre(name):
+        def hook(module, args, kwargs):
+            for value in (*args, *kwargs.values()):
+                if isinstance(value, torch.Tensor) and id(value) in outputs:
+                    source = outputs[id(value)]
+                    consumers.setdefault(source, set()).add(name)
+                    producers.setdefault(name, source)
+
+        return hook
+
+    def post(name):
+        def hook(module, args, output):
+            returns[name] = _returns(output)
+            out = first(output)
+            if isinstance(out, torch.Tensor):
+                outputs[id(out)] = name
+                alive.append(out)
+
+        return hook
+
+    handles = []
+    for name in children:
+        child = getattr(block, name)
+        handles.append(child.register_forward_pre_hook(pre(name), with_kwargs=True))
+        handles.append(child.register_forward_hook(post(name)))
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.randint(3, 200, (1, 6)))
+    except Exception:
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    return {"consumers": consumers, "producers": producers, "returns": returns}
+
+
+def _returns(x) -> int:
+    return len(x) if isinstance(x, tuple) else 0
+
+
+@functools.cache
+def _family(config_json: str):
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..prune.families import Family
+
+    config = json.loads(config_json)
+    model_type = config.get("model_type")
+    text = text_config(config)
+    count = layer_count(text)
+    stock = AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(stock)
+    path, _ = decoder_layers(model, count)
+    state = {k: v for k, v in model.state_dict().items() if k.startswith(f"{path}.0.")}
+    prefixes = {re.match(r"(.*\.)0\.", name)[1] for name in checkpoint_names(model, state)}
+    where = {"layers_path": path, "weights_prefix": prefixes.pop() if len(prefixes) == 1 else ""}
+    text_type = text.get("model_type", model_type)
+    if text is not config:
+        why = "inside a multimodal wrapper only whole blocks of the language model can be removed so far"
+        return Family(model_type, **where, no_sublayers=why)
+    derived = derive_sublayers(text_type, json.dumps(text))
+    if isinstance(derived, str):
+        return Family(model_type, **where, no_sublayers=derived)
+    for sublayer in ("attention", "mlp"):
+        children = set()
+        for child in derived[sublayer]:
+            mine = {k: v for k, v in state.items() if k.startswith(f"{path}.0.{child}.")}
+            children |= {name.split(".0.", 1)[1].split(".")[0] for name in checkpoint_names(model, mine)}
+        derived[f"{sublayer}_weights"] = tuple(sorted(children))
+    family = Family(model_type, **where, **derived)
+    why = self_check(text_type, json.dumps(text), family)
+    if why and why.startswith("attention:"):
+        return dataclasses.replace(family, no_attention=why.split(":", 1)[1].strip())
+    return dataclasses.replace(family, no_sublayers=why) if why else family
+
+
+def self_check(model_type: str, config_json: str, family) -> str | None:
+    """None when the derived split is exact on a tiny random instance: stubbing a sublayer's modules out (what an
+    export's modeling file does) gives bit for bit the logits of the stock model with that sublayer's
+    contribution zeroed (a padded batch), and cached greedy decoding equals uncached with attention-free
+    layers holding no KV cache. Otherwise the reason; 'attention: ...' when only attention removal fails."""
+    import copy
+    import dataclasses
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..prune.bypass import bypassed
+    from ..prune.plan import PrunePlan
+    from .remote.modeling_skipprune import remove_sublayer
+
+    config = shrink(json.loads(config_json))
+    tiny_config = AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
+    torch.manual_seed(0)
+    ref = AutoModelForCausalLM.from_config(tiny_config).eval()
+    path, _ = decoder_layers(ref, 4)
+    tiny = dataclasses.replace(family, layers_path=path)
+    plan = PrunePlan(4, {0, 3}, {2, 3})
+    pruned = copy.deepcopy(ref)
+    layers = tiny.layers(pruned)
+    for i in sorted(plan.drop_attention):
+        remove_sublayer(layers[i], list(tiny.attention), tiny.attention_returns)
+    for i in sorted(plan.drop_mlp):
+        remove_sublayer(layers[i], list(tiny.mlp), tiny.mlp_returns)
+    vocab = int(getattr(tiny_config.get_text_config(decoder=True), "vocab_size", 256))
+    ids = torch.randint(3, min(vocab, 200), (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    try:
+        with torch.no_grad(), bypassed(ref, plan, tiny):
+            want = ref(input_ids=ids, attention_mask=mask).logits
+        with torch.no_grad():
+            got = pruned(input_ids=ids, attention_mask=mask).logits
+    except Exception as e:
+        return f"its blocks do not run with a sublayer stubbed out ({type(e).__name__})"
+    if not torch.equal(got[mask.bool()], want[mask.bool()]):
+        return "stubbing its sublayers out does not reproduce the bypassed block exactly"
+    text = pruned.config.get_text_config(decoder=True)
+    text.kv_sharing_modes = ["reuse" if i in plan.drop_attention else None for i in range(4)]
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    try:
+        with torch.no_grad():
+            cached = pruned.generate(ids[:1, :6], use_cache=True, **kw)
+            uncached = pruned.generate(ids[:1, :6], use_cache=False, **kw)
+    except Exception as e:
+        return f"attention: its cache fails with attention-free layers ({type(e).__name__})"
+    if not torch.equal(cached, uncached):
+        return "attention: its cache does not skip attention-free layers (cached decoding would differ)"
+    return None
+
+
+def check_config(config: dict) -> None:
+    """Refuse, before any weight is read, a config that is not a decoder-only causal LM transformers builds."""
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    from ..errors import SourceError
+
+    model_type = config.get("model_type")
+    if not model_type:
+        raise SourceError("config.json has no model_type; it is not a transformers model config")
+    if model_type not in CONFIG_MAPPING:
+        from transformers import __version__
+
+        raise SourceError(
+            f"transformers {__version__} does not know model_type {model_type!r}: upgrade transformers (a model "
+            "whose code lives only in its repository is not supported)"
+        )
+    default = CONFIG_MAPPING[model_type]()
+    if config.get("is_encoder_decoder") or getattr(default, "is_encoder_decoder", False):
+        raise SourceError(f"{model_type} is an encoder-decoder model: skipprune prunes decoder-only causal LMs")
+    encoder = getattr(default, "is_decoder", None) is False and hasattr(default, "add_cross_attention")
+    if encoder and not config.get("is_decoder"):  # bert, roberta, ...: encoders that can be run as decoders
+        raise SourceError(
+            f"{model_type} is an encoder model (its causal-LM head needs is_decoder: true in config.json): skipprune "
+            "prunes decoder-only causal LMs"
+        )
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise SourceError(
+            f"{model_type} has no causal-LM head in transformers: skipprune prunes decoder-only causal LMs"
+        )
+
+
+def family_of(config: dict):
+    """The Family of a source config (cached per config): where its blocks are, and how they split."""
+    import json
+
+    from ..errors import SourceError
+
+    check_config(config)
+    text = text_config(config)
+    if layer_count(text) is None:
+        raise SourceError(f"{config['model_type']}: config.json says nothing about its number of layers")
+    try:
+        return _family(json.dumps(config, sort_keys=True))
+    except LookupError:
+        raise SourceError(
+            f"{config['model_type']}: no list of {layer_count(text)} decoder blocks found in the model transformers "
+            "builds from this config; it cannot be cut by blocks"
+        ) from None
+
+
+def checkpoint_names(model, state: dict) -> dict:
+    """`state` (model names) under the names a checkpoint of it holds: transformers renames and fuses some
+    weights on load (MoE experts, old multimodal prefixes) and reverts that when it saves."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        return revert_weight_conversion(model, state)
+    except Exception:  # nothing to revert, or an older transformers: the names are the model's
+        return state
+
+
+def support(model_type: str) -> dict[str, str]:
+    """What skipprune can remove from `model_type` with the installed transformers, studied on a tiny instance of
+    the family's default config: 'yes' or the reason, per capability (blocks, attention, mlp, serving)."""
+    from transformers import AutoConfig
+
+    from ..errors import SkippruneError
+    from .nas import NAS_FAMILIES
+
+    try:
+        config = shrink(AutoConfig.for_model(model_type).to_dict())
+        config["model_type"] = model_type
+        family = family_of(config)
+    except SkippruneError as e:
+        return dict.fromkeys(("blocks", "attention", "mlp"), str(e)) | {"serving": "no"}
+    except Exception as e:  # the family's own code refuses even its default config at toy size
+        why = f"a tiny {model_type} could not be built ({type(e).__name__})"
+        return dict.fromkeys(("blocks", "attention", "mlp"), why) | {"serving": "no"}
+    sub = family.no_sublayers
+    return {
+        "blocks": "yes",
+        "attention": sub or family.no_attention or "yes",
+        "mlp": sub or "yes",
+        "serving": "yes" if model_type in NAS_FAMILIES else "no",
+    }

@@ -1,0 +1,155 @@
+"""Every decoder family transformers builds: tiny random instances from each family's own default config
+(shrunk), whole blocks removed, and attention / MLP removed where the family's blocks split; each export
+bit-exact against the bypassed source with a padded batch, cached decoding equal to uncached.
+
+The lists name the model types seen passing with the pinned transformers; a type that stops passing fails
+here instead of silently dropping out. README.md lists the types left out, each with its reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import skipprune
+from skipprune.export.anatomy import family_of, shrink
+from skipprune.prune.bypass import bypassed
+from skipprune.prune.plan import PrunePlan
+
+N = 4
+# MoE families: the MLP sublayer is the whole sparse block (router, experts, shared experts).
+MOE = [
+    "afmoe",
+    "cohere2_moe",
+    "ernie4_5_moe",
+    "exaone_moe",
+    "gpt_oss",
+    "mixtral",
+    "olmoe",
+    "qwen2_moe",
+    "qwen3_moe",
+]
+SUBLAYERS = sorted(
+    MOE
+    + [
+        "apertus",
+        "arcee",
+        "bitnet",
+        "cohere",
+        "cohere2",
+        "doge",
+        "ernie4_5",
+        "exaone4",
+        "falcon",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "gpt2",
+        "gpt_neox",
+        "granite",
+        "llama",
+        "mistral",
+        "olmo",
+        "olmo2",
+        "phi",
+        "phi3",
+        "qwen2",
+        "qwen3",
+        "stablelm",
+    ]
+)
+# Whole blocks only: their blocks do not split into one attention and one MLP module, or a multimodal wrapper.
+BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "gemma3"]
+BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY)
+
+
+def tiny_source(folder, model_type: str):
+    config = shrink(AutoConfig.for_model(model_type).to_dict(), N)
+    config.pop("model_type", None)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
+    with torch.no_grad():  # default-initialised norms are all ones or zeros: randomise so a misplaced one shows
+        for name, p in model.named_parameters():
+            if "norm" in name and p.dim() == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(folder)
+    return folder
+
+
+def check_export(src, out, plan):
+    family = family_of(json.loads((src / "config.json").read_text()))
+    skipprune.export(src, out, plan)
+    vocab = AutoConfig.from_pretrained(src).get_text_config(decoder=True).vocab_size
+    ids = torch.randint(3, min(vocab, 200), (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # left padding
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    with torch.no_grad(), bypassed(ref, plan, family):
+        want = ref(input_ids=ids, attention_mask=mask).logits
+    model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True, dtype=torch.float32)
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+        kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+        cached = model.generate(ids[:1, :6], use_cache=True, **kw)
+        uncached = model.generate(ids[:1, :6], use_cache=False, **kw)
+    assert torch.equal(got[mask.bool()], want[mask.bool()])
+    assert torch.equal(cached, uncached)
+    return family
+
+
+def test_the_matrix_is_big_enough():
+    assert len(BLOCKS) >= 40 and len(SUBLAYERS) >= 25 and len(MOE) >= 5
+
+
+@pytest.mark.parametrize("model_type", BLOCKS)
+def test_whole_blocks(model_type, tmp_path):
+    src = tiny_source(tmp_path / "src", model_type)
+    check_export(src, tmp_path / "out", PrunePlan(N, {1}, {1}))
+    assert "auto_map" not in json.loads((tmp_path / "out" / "config.json").read_text())  # the stock architecture
+
+
+@pytest.mark.parametrize("model_type", SUBLAYERS)
+def test_attention_and_mlp(model_type, tmp_path):
+    src = tiny_source(tmp_path / "src", model_type)
+    # attention alone (layer 1), the MLP alone (layer 2), both (block 3); layer 0 whole
+    family = check_export(src, tmp_path / "out", PrunePlan(N, {1, 3}, {2, 3}))
+    assert family.no_sublayers is None and family.no_attention is None
+
+
+def test_moe_mlp_takes_the_whole_sparse_block(tmp_path):
+    src = tiny_source(tmp_path / "src", "qwen2_moe")
+    skipprune.export(src, tmp_path / "out", PrunePlan(N, set(), {2}))
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        layer2 = [k for k in f.keys() if k.startswith("model.layers.2.")]
+    assert layer2 and not [k for k in layer2 if ".mlp." in k or "post_attention_layernorm" in k]
+    with safe_open(src / "model.safetensors", "pt") as f:
+        gate = [k for k in f.keys() if k.startswith("model.layers.2.mlp.")]
+    assert any("shared_expert" in k for k in gate) and any(".gate." in k for k in gate)
+
+
+@pytest.mark.parametrize("model_type", BLOCKS_ONLY)
+def test_blocks_only_families_refuse_sublayers_in_one_line(model_type, tmp_path):
+    from common import assert_clean_failure, run
+
+    src = tiny_source(tmp_path / "src", model_type)
+    assert_clean_failure(
+        run("export", src, tmp_path / "out", "--drop-attn", "2"), "only whole blocks", tmp_path / "out"
+    )
+
+
+def test_families_command(tmp_path):
+    from common import run
+
+    proc = run("families", "llama", "qwen2_moe", "gemma3", "t5", "--json", tmp_path / "f.json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split()[1:5] for line in proc.stdout.splitlines()[1:]}
+    assert rows["llama"] == ["yes", "yes", "yes", "yes"]
+    assert rows["qwen2_moe"] == ["yes", "yes", "yes", "no"]
+    assert rows["gemma3"][:3] == ["yes", "no", "no"] and rows["t5"][0] == "no"
+    table = json.loads((tmp_path / "f.json").read_text())
+    assert "encoder-decoder" in table["t5"]["blocks"]
