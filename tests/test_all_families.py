@@ -26,7 +26,11 @@ MOE = [
     "cohere2_moe",
     "ernie4_5_moe",
     "exaone_moe",
+    "glm4_moe",
     "gpt_oss",
+    "granitemoe",
+    "jetmoe",
+    "minimax_m2",
     "mixtral",
     "olmoe",
     "qwen2_moe",
@@ -37,19 +41,29 @@ SUBLAYERS = sorted(
     + [
         "apertus",
         "arcee",
+        "aria_text",
         "bitnet",
         "cohere",
         "cohere2",
+        "cwm",
         "doge",
         "ernie4_5",
         "exaone4",
         "falcon",
+        "flex_olmo",
         "gemma",
         "gemma2",
         "gemma3_text",
+        "glm",
+        "glm4",
         "gpt2",
-        "gpt_neox",
+        "gpt_bigcode",
+        "gpt_neo",
         "granite",
+        "helium",
+        "internlm3",
+        "jais2",
+        "lfm2",
         "llama",
         "mistral",
         "olmo",
@@ -59,11 +73,13 @@ SUBLAYERS = sorted(
         "qwen2",
         "qwen3",
         "stablelm",
+        "starcoder2",
     ]
 )
-# Whole blocks only: their blocks do not split into one attention and one MLP module, or a multimodal wrapper.
-BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "gemma3"]
-BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY)
+# Whole blocks only: blocks that do not split into one attention and one MLP module, a multimodal wrapper, a
+# state-space model, or a head transformers' conversions rename in the wrapper (gpt_neox).
+BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "fuyu", "gemma3", "mamba"]
+BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY + ["gpt_neox"])
 
 
 def tiny_source(folder, model_type: str):
@@ -153,3 +169,31 @@ def test_families_command(tmp_path):
     assert rows["gemma3"][:3] == ["yes", "no", "no"] and rows["t5"][0] == "no"
     table = json.loads((tmp_path / "f.json").read_text())
     assert "encoder-decoder" in table["t5"]["blocks"]
+
+
+# The table version 1 had typed by hand for its 8 families: the derivation must find the same.
+_PRE = dict(attention=("self_attn", "input_layernorm"), mlp=("mlp", "post_attention_layernorm"))
+_SANDWICH = dict(
+    attention=("self_attn", "input_layernorm", "post_attention_layernorm"),
+    mlp=("mlp", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+)
+HAND_WRITTEN = {
+    "llama": _PRE,
+    "mistral": _PRE,
+    "qwen2": _PRE,
+    "qwen3": _PRE,
+    "phi3": _PRE,
+    "gemma2": _SANDWICH,
+    "gemma3_text": _SANDWICH,
+    "olmo2": dict(attention=("self_attn", "post_attention_layernorm"), mlp=("mlp", "post_feedforward_layernorm")),
+}
+
+
+@pytest.mark.parametrize("model_type", sorted(HAND_WRITTEN))
+def test_derivation_reproduces_the_hand_written_table(model_type):
+    from tiny import anatomy_of
+
+    family = anatomy_of(model_type)
+    assert (family.attention, family.mlp) == (HAND_WRITTEN[model_type]["attention"], HAND_WRITTEN[model_type]["mlp"])
+    post = model_type in ("gemma2", "gemma3_text", "olmo2")
+    assert family.attention_out == (family.attention[-1] if post else "self_attn")
