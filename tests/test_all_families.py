@@ -36,8 +36,11 @@ MOE = [
     "qwen2_moe",
     "qwen3_moe",
 ]
+# Multimodal wrappers: the language model's sublayers go, the vision (or audio) tower stays byte for byte.
+MULTIMODAL = ["fuyu", "gemma3", "got_ocr2"]
 SUBLAYERS = sorted(
     MOE
+    + MULTIMODAL
     + [
         "apertus",
         "arcee",
@@ -76,9 +79,9 @@ SUBLAYERS = sorted(
         "starcoder2",
     ]
 )
-# Whole blocks only: blocks that do not split into one attention and one MLP module, a multimodal wrapper, a
-# state-space model, or a head transformers' conversions rename in the wrapper (gpt_neox).
-BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "fuyu", "gemma3", "mamba"]
+# Whole blocks only: blocks that do not split into one attention and one MLP module (state-space and hybrid
+# models among them), or a head transformers' conversions rename in skipprune's modeling file (gpt_neox).
+BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "mamba", "qwen3_5"]
 BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY + ["gpt_neox"])
 
 
@@ -117,7 +120,7 @@ def check_export(src, out, plan):
 
 
 def test_the_matrix_is_big_enough():
-    assert len(BLOCKS) >= 40 and len(SUBLAYERS) >= 25 and len(MOE) >= 5
+    assert len(BLOCKS) >= 40 and len(SUBLAYERS) >= 25 and len(MOE) >= 5 and len(MULTIMODAL) >= 2
 
 
 @pytest.mark.parametrize("model_type", BLOCKS)
@@ -161,12 +164,13 @@ def test_blocks_only_families_refuse_sublayers_in_one_line(model_type, tmp_path)
 def test_families_command(tmp_path):
     from common import run
 
-    proc = run("families", "llama", "qwen2_moe", "gemma3", "t5", "--json", tmp_path / "f.json")
+    proc = run("families", "llama", "qwen2_moe", "gemma3", "qwen3_5", "t5", "--json", tmp_path / "f.json")
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split()[1:5] for line in proc.stdout.splitlines()[1:]}
     assert rows["llama"] == ["yes", "yes", "yes", "yes"]
     assert rows["qwen2_moe"] == ["yes", "yes", "yes", "no"]
-    assert rows["gemma3"][:3] == ["yes", "no", "no"] and rows["t5"][0] == "no"
+    assert rows["gemma3"][:3] == ["yes", "yes", "yes"] and rows["t5"][0] == "no"
+    assert rows["qwen3_5"][:3] == ["yes", "no", "no"]  # hybrid: linear-attention and attention blocks differ
     table = json.loads((tmp_path / "f.json").read_text())
     assert "encoder-decoder" in table["t5"]["blocks"]
 
@@ -197,3 +201,20 @@ def test_derivation_reproduces_the_hand_written_table(model_type):
     assert (family.attention, family.mlp) == (HAND_WRITTEN[model_type]["attention"], HAND_WRITTEN[model_type]["mlp"])
     post = model_type in ("gemma2", "gemma3_text", "olmo2")
     assert family.attention_out == (family.attention[-1] if post else "self_attn")
+
+
+def test_multimodal_keeps_its_tower_and_processor(tmp_path):
+    from safetensors import safe_open
+
+    src = tiny_source(tmp_path / "src", "gemma3")
+    (src / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "Gemma3ImageProcessor"}))
+    skipprune.export(src, tmp_path / "out", PrunePlan(N, {1}, {2}))
+    assert (tmp_path / "out" / "preprocessor_config.json").read_bytes() == (
+        src / "preprocessor_config.json"
+    ).read_bytes()
+    with safe_open(src / "model.safetensors", "pt") as s, safe_open(tmp_path / "out" / "model.safetensors", "pt") as o:
+        tower = [k for k in s.keys() if "vision" in k or "projector" in k]
+        assert tower
+        for name in tower:  # written under the loaded model's names (model.vision_tower...), same bytes
+            a, b = s.get_tensor(name), o.get_tensor("model." + name)
+            assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))

@@ -95,7 +95,9 @@ def decoder_layers(model, count: int) -> tuple[str, object]:
     ]
     if not found:
         raise LookupError(f"no list of {count} decoder blocks")
-    return min(found, key=lambda nm: nm[0].count("."))
+    # a vision or audio encoder may have as many layers as the language model: never pick it
+    text = [nm for nm in found if not any(w in nm[0] for w in ("vision", "visual", "audio", "image", "encoder"))]
+    return min(text or found, key=lambda nm: nm[0].count("."))
 
 
 _ATTENTION = ("self_attn", "attn", "attention", "self_attention")
@@ -229,9 +231,7 @@ def _family(config_json: str):
     prefixes = {re.match(r"(.*\.)0\.", name)[1] for name in checkpoint_names(model, state)}
     where = {"layers_path": path, "weights_prefix": prefixes.pop() if len(prefixes) == 1 else ""}
     text_type = text.get("model_type", model_type)
-    if text is not config:
-        why = "inside a multimodal wrapper only whole blocks of the language model can be removed so far"
-        return Family(model_type, **where, no_sublayers=why)
+    where["wrapped"] = text is not config
     derived = derive_sublayers(text_type, json.dumps(text))
     if isinstance(derived, str):
         return Family(model_type, **where, no_sublayers=derived)
@@ -390,3 +390,28 @@ def support(model_type: str) -> dict[str, str]:
         "mlp": sub or "yes",
         "serving": "yes" if model_type in NAS_FAMILIES else "no",
     }
+
+
+@functools.lru_cache(maxsize=8)
+def _model_names(config_json: str) -> dict[str, str]:
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**json.loads(config_json)))
+    names = {}
+    for name, tensor in model.state_dict().items():
+        stored = list(checkpoint_names(model, {name: tensor}))
+        if len(stored) == 1:
+            names[stored[0]] = name
+    return names
+
+
+def model_names(config: dict) -> dict[str, str]:
+    """checkpoint name -> name in the loaded model, for every weight that transformers only renames on load
+    (a multimodal wrapper's `language_model.model.*` -> `model.language_model.*`, ...)."""
+    import json
+
+    return _model_names(json.dumps(config, sort_keys=True))

@@ -27,27 +27,32 @@ def map_tensors(
     dtype: str = "auto",
     ignored: frozenset[str] = frozenset(),
     keep_mlp_norm: frozenset[int] = frozenset(),
+    rename: dict[str, str] | None = None,
 ) -> list[OutTensor]:
     """Output tensors in source storage order (sequential reads), renamed to output numbering; `ignored` source
     tensors (which the model never reads) are left out. `keep_mlp_norm`: source layers whose removed MLP
-    keeps its input norm (the serving format puts an all-zero FFN there)."""
-    pattern = re.compile(re.escape(family.layers_prefix) + r"(\d+)\.([^.]+)(\..*)?$")
+    keeps its input norm (the serving format puts an all-zero FFN there). `rename`: checkpoint name -> the
+    loaded model's name, for outputs written under the model's names."""
+    prefix = family.layers_path + "." if rename else family.layers_prefix
+    attention = family.attention if rename else family.weights_of("attention")
+    mlp = family.mlp if rename else family.weights_of("mlp")
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.([^.]+)(\..*)?$")
     new_index = {layer.source: layer.output for layer in plan.layers}
     out = []
     for info in sorted(source.tensors.values(), key=lambda t: (t.file, t.start)):
         name = info.name
         if name in ignored:
             continue
+        name = rename.get(name, name) if rename else name
         if m := pattern.match(name):
             i, child, rest = int(m.group(1)), m.group(2), m.group(3) or ""
             if i not in new_index:
                 continue
-            if i in plan.drop_attention and child in family.weights_of("attention"):
+            if i in plan.drop_attention and child in attention:
                 continue
-            mlp = family.weights_of("mlp")
             if i in plan.drop_mlp and child in mlp and not (i in keep_mlp_norm and child == family.mlp_in):
                 continue
-            name = f"{family.layers_prefix}{new_index[i]}.{child}{rest}"
+            name = f"{prefix}{new_index[i]}.{child}{rest}"
         out.append(OutTensor(name, info, output_dtype(info.dtype, dtype)))
     return out
 

@@ -114,7 +114,9 @@ def export(
     config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
     zero_ffn = nas.zero_ffn_layers(plan) if serving else []
     keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
-    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm)
+    # Inside a multimodal wrapper, skipprune's modeling file takes the weights under the loaded model's names.
+    rename = anatomy.model_names(src.config) if family.wrapped and not stock and not serving else None
+    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
     tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
     command = command or _command(src, out.name, specs, dtype, adaptive, format)
     code = () if stock else NAS_FILES if serving else REMOTE_FILES
@@ -131,7 +133,7 @@ def export(
                 OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
             ):
                 _write_side_files(tmp, src, config, code)
-            verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics)
+            verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics, rename is not None)
             record = ExportRecord(
                 source=SourceRef(src.label, src.revision, src.model_type),
                 plan=plan,
@@ -159,9 +161,11 @@ def export(
     return ExportResult(out, record)
 
 
-def _verify(tmp: Path, src: Source, plan, family, dtype: str, tensors, numerics: bool | None) -> Verification:
+def _verify(
+    tmp: Path, src: Source, plan, family, dtype: str, tensors, numerics: bool | None, model_naming: bool = False
+) -> Verification:
     structure = verify.verify_structure(tmp, tensors)
-    verify.check_model_expects(tmp, tensors)
+    verify.check_model_expects(tmp, tensors, model_naming)
     structure.model_expects_them = True
     kept = (
         f"kept tensors equal the source's converted to {structure.converted_to}"

@@ -34,10 +34,13 @@ _CHUNK = 16 << 20
 _REPORT = "please report this"
 
 
-def expected_tensors(folder: Path, label: str, output: bool = False) -> tuple[dict[str, tuple], set[str]]:
+def expected_tensors(
+    folder: Path, label: str, output: bool = False, model_naming: bool = False
+) -> tuple[dict[str, tuple], set[str]]:
     """(name -> shape, names that may be absent because they are tied) of the model `folder`'s config describes,
-    built on the meta device: no memory, no weights read. A source's config never runs remote code; an
-    output's code is skipprune's own, written moments ago, and a failure there is skipprune's."""
+    built on the meta device: no memory, no weights read; under checkpoint names unless `model_naming`. A
+    source's config never runs remote code; an output's code is skipprune's own, written moments ago, and a
+    failure there is skipprune's."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -48,7 +51,8 @@ def expected_tensors(folder: Path, label: str, output: bool = False) -> tuple[di
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=output)
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     state = {name: t for name, t in model.state_dict().items() if name not in tied}
-    return {name: tuple(t.shape) for name, t in checkpoint_names(model, state).items()}, set()
+    named = state if model_naming else checkpoint_names(model, state)
+    return {name: tuple(t.shape) for name, t in named.items()}, set()
 
 
 def check_source(src: Source, family: Family) -> list[str]:
@@ -121,10 +125,10 @@ def verify_structure(folder: Path, expected: list[OutTensor]) -> StructureCheck:
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
-def check_model_expects(folder: Path, expected: list[OutTensor]) -> None:
+def check_model_expects(folder: Path, expected: list[OutTensor], model_naming: bool = False) -> None:
     """The output model, built on the meta device from the written config, expects exactly the tensors written,
     with their shapes (a tied lm_head may be absent)."""
-    shapes, tied = expected_tensors(folder, "the export", output=True)
+    shapes, tied = expected_tensors(folder, "the export", output=True, model_naming=model_naming)
     written = {t.name: t.shape for t in expected}
     unused = sorted(set(written) - set(shapes))
     lacking = sorted(set(shapes) - set(written) - tied)

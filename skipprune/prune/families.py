@@ -32,6 +32,8 @@ class Family:
     weights_prefix: str = ""
     attention_weights: tuple[str, ...] = ()
     mlp_weights: tuple[str, ...] = ()
+    # A multimodal wrapper: its language model's blocks are at `layers_path` inside it.
+    wrapped: bool = False
 
     @property
     def layers_prefix(self) -> str:
