@@ -192,6 +192,34 @@ def export(source, output, push_to, private, verify, **options):
 
 
 @main.command()
+@click.argument("pruned", type=click.Path(exists=True, file_okay=False))
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--text", required=True, metavar="FILE|wikitext2", help="What to heal on (never the scoring text).")
+@click.option("--teacher", metavar="SOURCE", help="The model PRUNED was pruned from (for --method distill).")
+@click.option("--method", type=click.Choice(["distill", "lm"]), default="distill", show_default=True)
+@click.option("--steps", type=click.IntRange(min=0), help="Optimizer steps (default 200).")
+@click.option("--tokens", type=click.IntRange(min=0), help="Or: healing tokens (steps = tokens / batch / seq-len).")
+@click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank (peft).")
+@click.option("--full", is_flag=True, help="Train every weight of the decoder blocks instead of LoRA adapters.")
+@click.option("--lr", type=float, help="Learning rate (default 2e-4 with LoRA, 2e-5 with --full).")
+@click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--score-text", default="bundled", show_default=True, help="Held-out text for the scores.")
+@click.option("--eval-every", type=click.IntRange(min=1), help="Also score every N steps (the healing curve).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
+def heal(pruned, output, full, lora_rank, **options):
+    """Train the export PRUNED briefly to recover what removal cost; write OUTPUT in the same format."""
+    from .heal import heal as run_heal
+
+    result = run_heal(pruned, output, lora_rank=None if full else lora_rank, **options)
+    scores = result.record.healing.perplexity
+    click.echo("held-out perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    click.echo(output)
+
+
+@main.command()
 @click.argument("model_types", nargs=-1)
 @click.option("--json", "json_path", type=OutputFile(), help="Also write the table as JSON.")
 def families(model_types, json_path):

@@ -74,6 +74,25 @@ class Verification:
 
 
 @dataclass
+class Healing:
+    """How an export's weights were trained after the surgery (`skipprune heal`): its kept tensors are then no
+    longer the source's, and its logits no longer the bypassed source's."""
+
+    method: str  # "distill" (KL to the teacher's logits) or "lm" (next-token loss)
+    text: str  # what it was trained on
+    tokens: int
+    steps: int
+    lr: float
+    lora_rank: int | None  # None: full fine-tuning of the decoder blocks
+    seed: int
+    seconds: float
+    teacher: str | None = None
+    score_text: str | None = None  # held-out text of the scores below (never the training text)
+    perplexity: dict[str, float] = field(default_factory=dict)  # source / pruned / healed on score_text
+    tensors_trained: int = 0
+
+
+@dataclass
 class ByteCounts:
     source: int
     output: int
@@ -104,6 +123,7 @@ class ExportRecord(_Versioned):
     dtype: str = "auto"
     format: str = "default"  # or "nemotron-nas", the serving format
     zero_ffn_layers: list[int] = field(default_factory=list)  # output layers given an all-zero FFN (serving)
+    healing: Healing | None = None
     adaptive_ffn_skip: dict | None = None
     ignored_tensors: list[str] = field(default_factory=list)  # source tensors the model never reads
     command: str | None = None  # how to reproduce it, without local paths

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 
@@ -7,6 +8,8 @@ from tiny import FAMILY_NAMES, make_model
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach the network
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# skipprune remembers what it learnt about each family under XDG_CACHE_HOME: never the user's cache in tests
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="skipprune-test-cache-")
 
 
 @pytest.fixture(scope="session")

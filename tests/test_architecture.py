@@ -22,9 +22,10 @@ STAGES = {
     "cards": 3,
     "export": 4,
     "measure": 5,
-    "demo": 6,
-    "cli": 7,
-    "__init__": 8,
+    "heal": 6,
+    "demo": 7,
+    "cli": 8,
+    "__init__": 9,
 }
 
 

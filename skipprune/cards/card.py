@@ -46,7 +46,7 @@ Pruned from {origin} with skipprune {version}: {description}.
 ## Adaptive FFN skipping
 
 {adaptive}
-
+{healing}
 ## Verification
 
 {verification}
@@ -88,6 +88,7 @@ def render_card(record: ExportRecord, results: Results | None, name: str, import
         importance=_importance(importance_png),
         scores=_scores(results),
         adaptive=_adaptive(record.adaptive_ffn_skip),
+        healing=_healing(record),
         verification=_verification(record),
         load_note=_load_note(record, name),
         trust=trust,
@@ -214,6 +215,11 @@ def _verification(record: ExportRecord) -> str:
     v = record.verification
     converted = v.structure.converted_to
     kept = f"equals the source's converted to {converted}" if converted else "is byte-identical to the source"
+    if record.healing:  # what is true after training
+        kept = (
+            f"that healing did not train is byte-identical to the pruned export ({record.healing.tensors_trained} "
+            "were trained)"
+        )
     model = (
         ", the model built from `config.json` expects exactly these tensors" if v.structure.model_expects_them else ""
     )
@@ -368,3 +374,20 @@ def write_card(folder: Path, record: ExportRecord, results: Results | None, name
     path = folder / "README.md"
     write_text_durably(path, render_card(record, results, name, (folder / IMPORTANCE_PNG).is_file()))
     return path
+
+
+def _healing(record: ExportRecord) -> str:
+    h = record.healing
+    if h is None:
+        return ""
+    how = f"LoRA rank {h.lora_rank} (peft), merged" if h.lora_rank else "full fine-tuning of the decoder blocks"
+    objective = f"distillation from `{h.teacher}` (KL to its logits)" if h.method == "distill" else "next-token loss"
+    rows = ["| model | held-out perplexity |", "|---|---:|"]
+    rows += [f"| {k} | {fmt(h.perplexity[k], 'ppl')} |" for k in ("source", "pruned", "healed") if k in h.perplexity]
+    return (
+        f"\n## Healing\n\nAfter the surgery the weights were trained: {objective}, {how}, on {h.text}: "
+        f"{h.tokens:,} tokens in {h.steps} steps, learning rate {h.lr:g}, seed {h.seed}, {h.seconds:.0f} s; "
+        f"{h.tensors_trained} tensors changed. Scores on {h.score_text} (never trained on):\n\n"
+        + "\n".join(rows)
+        + "\n"
+    )

@@ -211,7 +211,7 @@ def _returns(x) -> int:
 
 
 @functools.cache
-def _family(config_json: str):
+def _family(config_json: str, split: bool = True):
     import json
 
     import torch
@@ -232,20 +232,61 @@ def _family(config_json: str):
     where = {"layers_path": path, "weights_prefix": prefixes.pop() if len(prefixes) == 1 else ""}
     text_type = text.get("model_type", model_type)
     where["wrapped"] = text is not config
-    derived = derive_sublayers(text_type, json.dumps(text))
-    if isinstance(derived, str):
-        return Family(model_type, **where, no_sublayers=derived)
+    if not split:
+        return Family(model_type, **where, no_sublayers="not studied (only whole blocks were asked for)")
+    derived = _split(text_type, json.dumps(text, sort_keys=True))
+    if "attention" not in derived:
+        return Family(model_type, **where, **derived)
+    derived = {k: tuple(v) if isinstance(v, list) else v for k, v in derived.items()}
     for sublayer in ("attention", "mlp"):
         children = set()
         for child in derived[sublayer]:
             mine = {k: v for k, v in state.items() if k.startswith(f"{path}.0.{child}.")}
             children |= {name.split(".0.", 1)[1].split(".")[0] for name in checkpoint_names(model, mine)}
         derived[f"{sublayer}_weights"] = tuple(sorted(children))
-    family = Family(model_type, **where, **derived)
-    why = self_check(text_type, json.dumps(text), family)
-    if why and why.startswith("attention:"):
-        return dataclasses.replace(family, no_attention=why.split(":", 1)[1].strip())
-    return dataclasses.replace(family, no_sublayers=why) if why else family
+    return Family(model_type, **where, **derived)
+
+
+def _split(text_type: str, text_json: str) -> dict:
+    """derive_sublayers + self_check for a language model's config, remembered on disk (per skipprune code,
+    transformers version and family options): the fields of Family they determine."""
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    import transformers
+
+    from ..prune.families import Family
+    from .remote import REMOTE_DIR
+
+    code = Path(__file__).read_bytes() + (REMOTE_DIR / "modeling_skipprune.py").read_bytes()
+    shrunk = json.dumps(shrink(json.loads(text_json)), sort_keys=True)
+    key = hashlib.sha256(code + transformers.__version__.encode() + text_type.encode() + shrunk.encode()).hexdigest()
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skipprune" / "families"
+    cached = root / f"{key}.json"
+    try:
+        return json.loads(cached.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        pass
+    derived = derive_sublayers(text_type, text_json)
+    if isinstance(derived, str):
+        fields = {"no_sublayers": derived}
+    else:
+        why = self_check(text_type, text_json, Family(text_type, **derived))
+        fields = dict(derived)
+        if why and why.startswith("attention:"):
+            fields["no_attention"] = why.split(":", 1)[1].strip()
+        elif why:
+            fields = {"no_sublayers": why}
+    try:  # a cache: losing it (read-only home, full disk) only costs the study again
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(fields), encoding="utf-8")
+        tmp.replace(cached)
+    except OSError:
+        pass
+    return fields
 
 
 def self_check(model_type: str, config_json: str, family) -> str | None:
@@ -254,7 +295,6 @@ def self_check(model_type: str, config_json: str, family) -> str | None:
     contribution zeroed (a padded batch), and cached greedy decoding equals uncached with attention-free
     layers holding no KV cache. Otherwise the reason; 'attention: ...' when only attention removal fails."""
     import copy
-    import dataclasses
     import json
 
     import torch
@@ -336,8 +376,9 @@ def check_config(config: dict) -> None:
         )
 
 
-def family_of(config: dict):
-    """The Family of a source config (cached per config): where its blocks are, and how they split."""
+def family_of(config: dict, split: bool = True):
+    """The Family of a source config (cached per config): where its blocks are, and (with `split`, which takes
+    a study of a tiny instance the first time a family is seen) how they split into attention and MLP."""
     import json
 
     from ..errors import SourceError
@@ -347,7 +388,7 @@ def family_of(config: dict):
     if layer_count(text) is None:
         raise SourceError(f"{config['model_type']}: config.json says nothing about its number of layers")
     try:
-        return _family(json.dumps(config, sort_keys=True))
+        return _family(json.dumps(config, sort_keys=True), split)
     except LookupError:
         raise SourceError(
             f"{config['model_type']}: no list of {layer_count(text)} decoder blocks found in the model transformers "

@@ -92,7 +92,6 @@ def export(
     _check_output_parent(out)
     src = open_source(str(source), revision, check_config=anatomy.check_config)
     _check_output(out, src.path, overwrite)
-    family = anatomy.family_of(src.config)
     if plan is None:
         plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer)
         specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer)
@@ -101,6 +100,7 @@ def export(
     else:
         specs = _plan_specs(plan)
     plan.validate(allow_empty=adaptive is not None)
+    family = anatomy.family_of(src.config, split=not plan.blocks_only or adaptive is not None)
     family.check(plan)
     check_layers(adaptive, len(plan.layers))
     if serving:

@@ -1,0 +1,278 @@
+"""heal(): train a pruned export briefly to recover what removal cost, and write it as a new export folder.
+
+Two objectives: `distill` (KL divergence from the source model's next-token distribution, the teacher; as
+in Minitron and Puzzle) and `lm` (next-token loss on the text, as in SLEB and Shortened LLaMA). LoRA
+adapters through peft (rank r, alpha 2r) on every linear layer of the kept blocks, merged into the weights
+at the end; or `full`: every weight of the decoder blocks trained. Embeddings and the LM head stay as they
+are. The output has the export's tensor names, shapes, dtypes, shards and per-layer flags: it loads exactly
+as before. Scores are measured on a held-out text that is never the healing text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import MeasureError, PlanError
+from ..export import pipeline
+from ..export.source import index_tensors
+from ..export.verify import verify_structure
+from ..export.writer import INDEX_NAME, OutTensor
+from ..measure.perplexity import perplexity
+from ..measure.runner import load_model, pick_device, prepare, prepare_stock
+from ..measure.text import read_text, token_windows
+from ..records import RESULTS_FILE, ExportRecord, Healing, Verification
+from ..system import fsync_tree
+
+log = logging.getLogger(__name__)
+METHODS = ("distill", "lm")
+
+
+@dataclass
+class HealResult:
+    output: Path
+    record: ExportRecord
+    curve: list[tuple[int, float]]  # (healing tokens so far, held-out perplexity)
+
+
+def heal(
+    pruned: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    text: str,
+    teacher: str | None = None,
+    method: str = "distill",
+    steps: int | None = None,
+    tokens: int | None = None,
+    lora_rank: int | None = 8,
+    lr: float | None = None,
+    seq_len: int = 128,
+    batch: int = 8,
+    score_text: str = "bundled",
+    score_windows: int = 64,
+    eval_every: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> HealResult:
+    """Heal the export at `pruned` on `text` and write the result to `output` (see the module docs).
+
+    `lora_rank=None` trains the decoder blocks' weights fully. Give `steps` or `tokens` (default: 200 steps).
+    `teacher` is the model the export was pruned from (default: its Hub source, when it has one)."""
+    import torch
+
+    if method not in METHODS:
+        raise PlanError(f"unknown healing method {method!r}: use distill or lm")
+    if steps is not None and tokens is not None:
+        raise PlanError("give --steps or --tokens, not both")
+    if min(v for v in (steps, tokens, 0) if v is not None) < 0 or seq_len < 2 or batch < 1:
+        raise PlanError("--steps, --tokens, --seq-len and --batch must be positive")
+    folder = Path(pruned)
+    record = ExportRecord.load(folder)
+    out = Path(output).expanduser().absolute()
+    pipeline._check_output_parent(out)
+    pipeline._check_output(out, folder.resolve(), overwrite)
+    if text == "bundled":
+        raise MeasureError(
+            "the bundled text is the held-out split skipprune scores on: heal on another text (--text FILE)"
+        )
+    train, train_name = read_text(text)
+    held_out, score_name = read_text(score_text)
+    if _overlap(held_out, train) > 0.05:
+        raise MeasureError(
+            f"the scoring text ({score_name}) overlaps the healing text ({train_name}): scores would be on training "
+            "data; pass another --score-text"
+        )
+    if method == "distill":
+        teacher = teacher or (f"{record.source.id}" if record.source.on_hub else None)
+        if teacher is None:
+            raise PlanError(
+                f"--method distill needs the model {folder.name} was pruned from ({record.source.label}): "
+                "pass --teacher SOURCE, or --method lm"
+            )
+    steps = steps if steps is not None else (math.ceil(tokens / (batch * seq_len)) if tokens is not None else 200)
+
+    device = pick_device(device)
+    student = prepare(str(folder), device)
+    model = load_model(student, device)
+    windows = token_windows(student.tokenizer, train, seq_len)
+    scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows)
+    scores = {"pruned": perplexity(model, scoring, score_name)[0]}
+    reference = None
+    if teacher is not None:
+        teacher_ref, _ = prepare_stock(teacher, device)
+        reference = load_model(teacher_ref, device)
+        scores["source"] = perplexity(reference, scoring, score_name)[0]
+        if method == "lm":
+            reference = None
+
+    torch.manual_seed(seed)
+    start = time.monotonic()
+    curve = [(0, scores["pruned"])]
+    trained = set()
+    if steps:
+        model, trained = _train(
+            model, reference, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve
+        )
+    seconds = time.monotonic() - start
+    scores["healed"] = perplexity(model, scoring, score_name)[0] if steps else scores["pruned"]
+    if curve[-1][0] != steps * batch * seq_len:
+        curve.append((steps * batch * seq_len, scores["healed"]))
+    log.info(
+        "held-out perplexity: pruned %.2f, healed %.2f%s",
+        scores["pruned"],
+        scores["healed"],
+        f", source {scores['source']:.2f}" if "source" in scores else "",
+    )
+
+    healing = Healing(
+        method=method,
+        text=train_name,
+        tokens=steps * batch * seq_len,
+        steps=steps,
+        lr=_lr(lr, lora_rank),
+        lora_rank=lora_rank,
+        seed=seed,
+        seconds=round(seconds, 1),
+        teacher=teacher if method == "distill" else None,
+        score_text=score_name,
+        perplexity={k: round(v, 4) for k, v in scores.items()},
+        tensors_trained=len(trained),
+    )
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    _write(folder, out, record, healing, state, trained, overwrite)
+    return HealResult(out, ExportRecord.load(out), curve)
+
+
+def _overlap(scored: str, trained: str) -> float:
+    """The share of the scoring text's lines (of some length: not speaker names or blank lines) that also occur
+    in the healing text."""
+    lines = {line.strip() for line in scored.splitlines() if len(line.strip()) > 20}
+    if not lines:
+        return 1.0 if scored.strip() in trained else 0.0
+    return len(lines & {line.strip() for line in trained.splitlines()}) / len(lines)
+
+
+def _lr(lr: float | None, lora_rank: int | None) -> float:
+    return lr if lr is not None else (2e-4 if lora_rank else 2e-5)
+
+
+def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve):
+    """The training loop; returns the model with its adapters merged, and the names of the tensors it trained
+    (no copy of the weights is kept: the structure check compares every other tensor with the pruned export)."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if lora_rank:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise MeasureError("healing with LoRA needs peft: pip install 'skipprune[heal]' (or use --full)") from None
+        with warnings.catch_warnings():  # peft asks transformers about a renamed attribute: not the user's concern
+            warnings.simplefilter("ignore", FutureWarning)
+            config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear")
+            model = get_peft_model(model, config)
+        prefix = "base_model.model."
+        trained = {
+            name.removeprefix(prefix) + ".weight" for name, m in model.named_modules() if hasattr(m, "base_layer")
+        }
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad = ".layers." in name or ".h." in name  # the decoder blocks only
+        trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=_lr(lr, lora_rank), weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(0)
+    seq_len = windows.shape[1]
+    model.train()
+    with tqdm(total=steps, desc="healing", unit="step", disable=None, leave=False) as bar:
+        for step in range(1, steps + 1):
+            t0 = time.monotonic()
+            ids = windows[torch.randint(0, len(windows), (batch,), generator=gen)]
+            logits = model(input_ids=ids, use_cache=False).logits.float()
+            if teacher is None:
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            else:
+                with torch.no_grad():
+                    target = teacher(input_ids=ids, use_cache=False).logits.float()
+                loss = (
+                    F.kl_div(
+                        F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean"
+                    )
+                    / seq_len
+                )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{batch * seq_len / (time.monotonic() - t0):.0f}")
+            bar.update(1)
+            if eval_every and step % eval_every == 0 and step < steps:
+                model.eval()
+                curve.append((step * batch * seq_len, perplexity(model, scoring, score_name)[0]))
+                model.train()
+    model.eval()
+    if lora_rank:
+        model = model.merge_and_unload()
+    for p in model.parameters():
+        p.requires_grad = False
+    return model, trained
+
+
+def _write(
+    folder: Path, out: Path, record: ExportRecord, healing: Healing, state: dict, trained: set, overwrite: bool
+) -> None:
+    """The healed folder: the export's files as they are, its shards rewritten with the healed weights (same
+    names, shapes, dtypes and shard layout), its records saying what was done; published atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    from ..cards.card import write_card
+
+    written = index_tensors(folder)
+    with pipeline._exclusive(out), pipeline._sigterm_cleans_up():
+        pipeline._clean_stale_partials(out)
+        tmp = out.parent / f".{out.name}{pipeline._PARTIAL}{os.getpid()}"
+        try:
+            tmp.mkdir()
+            for item in folder.iterdir():
+                if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, RESULTS_FILE):
+                    shutil.copyfile(item, tmp / item.name)
+            if (folder / INDEX_NAME).is_file():
+                shutil.copyfile(folder / INDEX_NAME, tmp / INDEX_NAME)
+            dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+            for shard in sorted({info.file.name for info in written.values()}):
+                tensors = {
+                    name: state[name].to(dtypes.get(info.dtype, state[name].dtype)).contiguous()
+                    for name, info in written.items()
+                    if info.file.name == shard
+                }
+                save_file(tensors, tmp / shard, metadata={"format": "pt"})
+            # every tensor as before in name, shape and dtype; the ones healing did not train, byte for byte
+            expected = [OutTensor(name, info, info.dtype) for name, info in written.items()]
+            structure = verify_structure(tmp, expected, changed=frozenset(trained))
+            structure.model_expects_them = record.verification.structure.model_expects_them
+            verification = Verification(
+                structure,
+                numerics_skipped="healed: its weights were trained, so its logits differ from the bypassed source's",
+            )
+            healed = dataclasses.replace(record, healing=healing, verification=verification)
+            healed.save(tmp)
+            write_card(tmp, healed, None, name=out.name)
+            fsync_tree(tmp)
+            pipeline._publish(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+__all__ = ["HealResult", "heal"]

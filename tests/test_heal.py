@@ -1,0 +1,124 @@
+"""skipprune heal: only trainable weights change, the output loads and verifies, zero steps is the pruned model
+bit for bit, scores are never on the healing text, interruption leaves nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
+
+import skipprune
+from skipprune.data import DEMO_MODEL, HELDOUT
+from skipprune.heal import heal
+
+from common import assert_clean_failure, digest, run
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heal")
+    skipprune.export(DEMO_MODEL, root / "pruned", drop_attn="last:2", drop_blocks="9")
+    text = root / "train.txt"
+    heldout = HELDOUT.read_text(encoding="utf-8")
+    # a text that is not the held-out split: the held-out lines reversed in order, word by word
+    text.write_text("\n".join(" ".join(reversed(line.split())) for line in heldout.splitlines()[:600]))
+    return root / "pruned", text
+
+
+def tensors(folder):
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out
+
+
+def test_lora_changes_only_the_adapted_weights(pruned, tmp_path):
+    folder, text = pruned
+    result = heal(
+        folder, tmp_path / "h", text=str(text), method="lm", steps=3, lr=1e-3, seq_len=32, batch=2, score_windows=4
+    )
+    before, after = tensors(folder), tensors(tmp_path / "h")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith("proj.weight") and ".layers." in k for k in changed)  # linear layers only
+    assert all(before[k].dtype == after[k].dtype and before[k].shape == after[k].shape for k in before)
+    record = result.record
+    assert record.healing.tensors_trained == len(changed) and record.healing.lora_rank == 8
+    assert record.verification.numerics is None and "healed" in record.verification.numerics_skipped
+    assert record.plan == skipprune.ExportRecord.load(folder).plan
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "h", trust_remote_code=True)  # loads as before
+    assert model.config.layer_has_attention == json.loads((folder / "config.json").read_text())["layer_has_attention"]
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert "## Healing" in card and "| healed |" in card and "byte-identical to the pruned export" in card
+
+
+def test_zero_steps_is_the_pruned_model_bit_for_bit(pruned, tmp_path):
+    folder, text = pruned
+    heal(folder, tmp_path / "h", text=str(text), method="lm", steps=0, seq_len=32, score_windows=2)
+    before, after = tensors(folder), tensors(tmp_path / "h")
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k].view(torch.uint8), after[k].view(torch.uint8)) for k in before)
+
+
+def test_distill_and_full(pruned, tmp_path):
+    folder, text = pruned
+    result = heal(
+        folder,
+        tmp_path / "h",
+        text=str(text),
+        teacher=str(DEMO_MODEL),
+        steps=2,
+        lora_rank=None,
+        lr=1e-2,
+        seq_len=32,
+        batch=2,
+        score_windows=2,
+    )
+    h = result.record.healing
+    assert h.method == "distill" and h.lora_rank is None and h.teacher == str(DEMO_MODEL)
+    assert set(h.perplexity) == {"source", "pruned", "healed"}
+    changed = {k for k, v in tensors(folder).items() if not torch.equal(v, tensors(tmp_path / "h")[k])}
+    # full fine-tuning trains every block weight, norms included (updates big enough to survive bf16 storage)
+    assert any("norm" in k for k in changed)
+    assert not any("embed_tokens" in k or "lm_head" in k for k in changed)
+
+
+def test_refusals(pruned, tmp_path):
+    folder, text = pruned
+    out = tmp_path / "h"
+    before = digest(folder)
+    cases = [
+        (["--text", HELDOUT], "overlaps the healing text"),  # scores would be on training data
+        (["--text", "bundled"], "held-out split"),
+        (["--text", text], "needs the model"),  # distill without a teacher (a local source)
+        (["--text", text, "--method", "lm", "--steps", "1", "--tokens", "10"], "not both"),
+    ]
+    for args, needle in cases:
+        assert_clean_failure(run("heal", folder, out, *args), needle, out)
+    assert digest(folder) == before
+
+
+def test_cli_heal(pruned, tmp_path):
+    folder, text = pruned
+    proc = run(
+        "heal",
+        folder,
+        tmp_path / "h",
+        "--text",
+        text,
+        "--method",
+        "lm",
+        "--steps",
+        "1",
+        "--seq-len",
+        "32",
+        "--batch",
+        "2",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out perplexity: pruned" in proc.stdout
+    assert (tmp_path / "h" / "skipprune.json").is_file() and not list(tmp_path.glob(".h.skipprune-*"))
