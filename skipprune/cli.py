@@ -208,6 +208,7 @@ def export(source, output, push_to, private, verify, **options):
 @click.option("--eval-every", type=click.IntRange(min=1), help="Also score every N steps (the healing curve).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@spread_options
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
 def heal(pruned, output, full, lora_rank, **options):
     """Train the export PRUNED briefly to recover what removal cost; write OUTPUT in the same format."""

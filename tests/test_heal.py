@@ -122,3 +122,22 @@ def test_cli_heal(pruned, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "held-out perplexity: pruned" in proc.stdout
     assert (tmp_path / "h" / "skipprune.json").is_file() and not list(tmp_path.glob(".h.skipprune-*"))
+
+
+def test_device_map_through_accelerate(pruned, tmp_path):
+    """--device-map hands placement to accelerate (here: everything on the CPU, in the checkpoint dtype)."""
+    folder, text = pruned
+    result = heal(
+        folder,
+        tmp_path / "h",
+        text=str(text),
+        method="lm",
+        steps=1,
+        lr=1e-3,
+        seq_len=32,
+        batch=2,
+        score_windows=2,
+        device_map="auto",
+        max_memory="cpu=4GiB",
+    )
+    assert result.record.healing.steps == 1 and (tmp_path / "h" / "model.safetensors").is_file()

@@ -26,7 +26,7 @@ from ..export.source import index_tensors
 from ..export.verify import verify_structure
 from ..export.writer import INDEX_NAME, OutTensor
 from ..measure.perplexity import perplexity
-from ..measure.runner import load_model, pick_device, prepare, prepare_stock
+from ..measure.runner import input_device, load_model, pick_device, placement_options, prepare, prepare_stock
 from ..measure.text import read_text, token_windows
 from ..records import RESULTS_FILE, ExportRecord, Healing, Verification
 from ..system import fsync_tree
@@ -60,12 +60,16 @@ def heal(
     eval_every: int | None = None,
     seed: int = 0,
     device: str = "auto",
+    device_map: str | None = None,
+    max_memory: str | dict | None = None,
     overwrite: bool = False,
 ) -> HealResult:
     """Heal the export at `pruned` on `text` and write the result to `output` (see the module docs).
 
     `lora_rank=None` trains the decoder blocks' weights fully. Give `steps` or `tokens` (default: 200 steps).
-    `teacher` is the model the export was pruned from (default: its Hub source, when it has one)."""
+    `teacher` is the model the export was pruned from (default: its Hub source, when it has one). With a
+    `device_map` (accelerate: auto, balanced, ...) student and teacher are spread over the GPUs (and CPU
+    memory) in their checkpoint dtype; training needs them in memory, not offloaded to disk."""
     import torch
 
     if method not in METHODS:
@@ -99,16 +103,17 @@ def heal(
             )
     steps = steps if steps is not None else (math.ceil(tokens / (batch * seq_len)) if tokens is not None else 200)
 
+    device_map, max_memory = placement_options(device_map, max_memory)
     device = pick_device(device)
-    student = prepare(str(folder), device)
-    model = load_model(student, device)
+    student = prepare(str(folder), device, spread=device_map is not None)
+    model = load_model(student, device, device_map, max_memory)
     windows = token_windows(student.tokenizer, train, seq_len)
     scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows)
     scores = {"pruned": perplexity(model, scoring, score_name)[0]}
     reference = None
     if teacher is not None:
-        teacher_ref, _ = prepare_stock(teacher, device)
-        reference = load_model(teacher_ref, device)
+        teacher_ref, _ = prepare_stock(teacher, device, spread=device_map is not None)
+        reference = load_model(teacher_ref, device, device_map, max_memory)
         scores["source"] = perplexity(reference, scoring, score_name)[0]
         if method == "lm":
             reference = None
@@ -197,13 +202,15 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
     with tqdm(total=steps, desc="healing", unit="step", disable=None, leave=False) as bar:
         for step in range(1, steps + 1):
             t0 = time.monotonic()
-            ids = windows[torch.randint(0, len(windows), (batch,), generator=gen)]
+            ids = windows[torch.randint(0, len(windows), (batch,), generator=gen)].to(input_device(model))
             logits = model(input_ids=ids, use_cache=False).logits.float()
             if teacher is None:
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+                labels = ids[:, 1:].to(logits.device)
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1))
             else:
                 with torch.no_grad():
-                    target = teacher(input_ids=ids, use_cache=False).logits.float()
+                    target = teacher(input_ids=ids.to(input_device(teacher)), use_cache=False).logits.float()
+                target = target.to(logits.device)
                 loss = (
                     F.kl_div(
                         F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean"
