@@ -13,7 +13,7 @@ import skipprune
 from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
 
-from tiny import FAMILY_NAMES, anatomy_of
+from tiny import FAMILY_NAMES, anatomy_of, inputs
 
 N = 6
 
@@ -29,14 +29,6 @@ def random_plan(rng: random.Random) -> PrunePlan:
 
 
 PLANS = [(fam, seed) for fam in FAMILY_NAMES for seed in range(3)]
-
-
-def inputs(vocab=128, tokens=20):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (2, tokens), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0  # left padding
-    return ids, mask
 
 
 def reference_logits(src, plan, family, ids, mask, **load):

@@ -21,7 +21,7 @@ from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
 
 from common import assert_clean_failure, run
-from tiny import anatomy_of, make_byte_fallback_tokenizer, make_model
+from tiny import anatomy_of, inputs, make_byte_fallback_tokenizer, make_model
 
 N = 6
 WIDTH = 512  # the MLP width; the all-zero stand-ins are 256 wide, so the two are told apart
@@ -40,14 +40,6 @@ def nas_sources(tmp_path_factory):
         "llama": make_model(root / "llama", "llama", intermediate_size=WIDTH),
         "mistral": make_model(root / "mistral", "mistral", intermediate_size=WIDTH, sliding_window=None),
     }
-
-
-def inputs(tokens=20, vocab=128):
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (2, tokens), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :5] = 0  # left padding
-    return ids, mask
 
 
 def bypassed_logits(src: Path, plan: PrunePlan, family: str, ids, mask=None):

@@ -76,3 +76,12 @@ def anatomy_of(name: str):
     from skipprune.export.anatomy import family_of
 
     return family_of(AutoConfig.for_model(name, **{**COMMON, **EXTRA.get(name, {})}).to_dict())
+
+
+def inputs(vocab=128, tokens=20):
+    """A batch of two rows of token ids, the second left-padded, and its attention mask."""
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (2, tokens), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0  # left padding
+    return ids, mask
