@@ -226,7 +226,7 @@ def heal(pruned, output, full, lora_rank, **options):
 def families(model_types, json_path):
     """What can be removed from each decoder family with the installed transformers.
 
-    Per MODEL_TYPE (default: every causal LM transformers knows, a few minutes), each family studied on a tiny
+    Per MODEL_TYPE (default: every causal LM transformers knows, about ten minutes), each family studied on a tiny
     random instance of its default config: whole blocks, attention, MLP, and the serving format. Every export
     is verified anyway; this tells beforehand."""
     import json

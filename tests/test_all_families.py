@@ -24,9 +24,12 @@ N = 4
 MOE = [
     "afmoe",
     "cohere2_moe",
+    "deepseek_v3",
     "ernie4_5_moe",
     "exaone_moe",
     "glm4_moe",
+    "glm4_moe_lite",
+    "glm_moe_dsa",
     "gpt_oss",
     "granitemoe",
     "jetmoe",

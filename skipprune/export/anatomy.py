@@ -71,6 +71,11 @@ def shrink(config: dict, layers: int = 4) -> dict:
     for key in LAYER_KEYS:
         if isinstance(out.get(key), int):
             out[key] = layers
+    if config.get("num_key_value_heads") == config.get("num_attention_heads") and "num_key_value_heads" in out:
+        out["num_key_value_heads"] = out["num_attention_heads"]  # no grouped queries in the family: keep it so
+    if isinstance(out.get("qk_rope_head_dim"), int):  # multi-head latent attention derives its head sizes
+        out["head_dim"] = out["qk_rope_head_dim"]
+        out.pop("qk_head_dim", None)
     vocab = out.get("vocab_size", 256)
     for key in _TOKEN_KEYS:
         ids = out.get(key)
