@@ -2,13 +2,14 @@
 LM, and write a smaller checkpoint that loads with transformers and computes exactly what the original
 computes with those parts bypassed.
 
-The stages import one way: errors <- prune <- records <- cards <- export <- measure <- demo / cli.
+The stages import one way: errors <- prune <- records <- cards <- export <- measure <- heal <- demo / cli.
 Progress is reported through the `skipprune` logger (the CLI prints it to stderr).
 """
 
 from .cards.hub import push
 from .errors import SkippruneError
 from .export.pipeline import ExportResult, export
+from .heal import HealResult, heal
 from .measure.evaluate import analyze, evaluate, sweep
 from .prune.plan import PrunePlan
 from .records import ExportRecord, Results
@@ -17,6 +18,7 @@ from .version import __version__
 __all__ = [
     "ExportRecord",
     "ExportResult",
+    "HealResult",
     "PrunePlan",
     "Results",
     "SkippruneError",
@@ -24,6 +26,7 @@ __all__ = [
     "analyze",
     "evaluate",
     "export",
+    "heal",
     "push",
     "sweep",
 ]

@@ -110,9 +110,10 @@ def heal(
     windows = token_windows(student.tokenizer, train, seq_len)
     scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows)
     scores = {"pruned": perplexity(model, scoring, score_name)[0]}
-    reference = None
+    reference, teacher_label = None, None
     if teacher is not None:
         teacher_ref, _ = prepare_stock(teacher, device, spread=device_map is not None)
+        teacher_label = teacher_ref.label  # a Hub id or a folder's name: records never hold a local path
         reference = load_model(teacher_ref, device, device_map, max_memory)
         scores["source"] = perplexity(reference, scoring, score_name)[0]
         if method == "lm":
@@ -146,7 +147,7 @@ def heal(
         lora_rank=lora_rank,
         seed=seed,
         seconds=round(seconds, 1),
-        teacher=teacher if method == "distill" else None,
+        teacher=teacher_label if method == "distill" else None,
         score_text=score_name,
         perplexity={k: round(v, 4) for k, v in scores.items()},
         tensors_trained=len(trained),
