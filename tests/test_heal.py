@@ -142,3 +142,18 @@ def test_device_map_through_accelerate(pruned, tmp_path):
         max_memory="cpu=4GiB",
     )
     assert result.record.healing.steps == 1 and (tmp_path / "h" / "model.safetensors").is_file()
+
+
+def test_serving_format_keeps_its_zero_ffns(pruned, tmp_path):
+    """Healing a serving-format export trains the real weights but leaves its all-zero FFNs zero."""
+    _, text = pruned
+    folder = tmp_path / "nas"
+    record = skipprune.export(DEMO_MODEL, folder, drop_mlp="last:2", format="nemotron-nas").record
+    assert record.zero_ffn_layers == [10, 11]
+    heal(folder, tmp_path / "h", text=str(text), method="lm", steps=2, lr=1e-2, seq_len=32, batch=2, score_windows=2)
+    after = tensors(tmp_path / "h")
+    zero = [k for k in after if k.startswith(("model.layers.10.mlp.", "model.layers.11.mlp."))]
+    assert len(zero) == 6 and all(not after[k].any() for k in zero)
+    before = tensors(folder)
+    assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
+    assert json.loads((tmp_path / "h" / "config.json").read_text())["model_type"] == "nemotron-nas"

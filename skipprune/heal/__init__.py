@@ -123,9 +123,11 @@ def heal(
     start = time.monotonic()
     curve = [(0, scores["pruned"])]
     trained = set()
+    # the serving format's all-zero FFNs stay zero: their being zero is what makes every engine agree
+    frozen = tuple(f"model.layers.{i}.mlp." for i in record.zero_ffn_layers)
     if steps:
         model, trained = _train(
-            model, reference, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve
+            model, reference, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve, frozen
         )
     seconds = time.monotonic() - start
     scores["healed"] = perplexity(model, scoring, score_name)[0] if steps else scores["pruned"]
@@ -170,7 +172,7 @@ def _lr(lr: float | None, lora_rank: int | None) -> float:
     return lr if lr is not None else (2e-4 if lora_rank else 2e-5)
 
 
-def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve):
+def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve, frozen=()):
     """The training loop; returns the model with its adapters merged, and the names of the tensors it trained
     (no copy of the weights is kept: the structure check compares every other tensor with the pruned export)."""
     import torch
@@ -184,15 +186,18 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
             raise MeasureError("healing with LoRA needs peft: pip install 'skipprune[heal]' (or use --full)") from None
         with warnings.catch_warnings():  # peft asks transformers about a renamed attribute: not the user's concern
             warnings.simplefilter("ignore", FutureWarning)
-            config = LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear")
+            exclude = [p.rstrip(".") + "." + proj for p in frozen for proj in ("gate_proj", "up_proj", "down_proj")]
+            config = LoraConfig(
+                r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", exclude_modules=exclude or None
+            )
             model = get_peft_model(model, config)
         prefix = "base_model.model."
         trained = {
             name.removeprefix(prefix) + ".weight" for name, m in model.named_modules() if hasattr(m, "base_layer")
         }
     else:
-        for name, p in model.named_parameters():
-            p.requires_grad = ".layers." in name or ".h." in name  # the decoder blocks only
+        for name, p in model.named_parameters():  # the decoder blocks only
+            p.requires_grad = (".layers." in name or ".h." in name) and not name.startswith(frozen)
         trained = {name for name, p in model.named_parameters() if p.requires_grad}
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=_lr(lr, lora_rank), weight_decay=0.0)
