@@ -386,7 +386,7 @@ def family_of(config: dict, split: bool = True):
     a study of a tiny instance the first time a family is seen) how they split into attention and MLP."""
     import json
 
-    from ..errors import SourceError
+    from ..errors import SkippruneError, SourceError, describe
 
     check_config(config)
     text = text_config(config)
@@ -398,6 +398,13 @@ def family_of(config: dict, split: bool = True):
         raise SourceError(
             f"{config['model_type']}: no list of {layer_count(text)} decoder blocks found in the model transformers "
             "builds from this config; it cannot be cut by blocks"
+        ) from None
+    except SkippruneError:
+        raise
+    except Exception as e:  # the family's own code refuses this config
+        raise SourceError(
+            f"building the {config['model_type']} model that config.json describes failed ({describe(e)}); "
+            "fix config.json or restore it from the original model"
         ) from None
 
 
