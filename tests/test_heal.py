@@ -28,6 +28,13 @@ def pruned(tmp_path_factory):
     return root / "pruned", text
 
 
+def quick_heal(folder, out, text, **options):
+    """heal() at toy sizes (next-token loss unless told otherwise)."""
+    return heal(
+        folder, out, text=str(text), **{"method": "lm", "seq_len": 32, "batch": 2, "score_windows": 2, **options}
+    )
+
+
 def tensors(folder):
     out = {}
     for shard in sorted(folder.glob("*.safetensors")):
@@ -38,9 +45,7 @@ def tensors(folder):
 
 def test_lora_changes_only_the_adapted_weights(pruned, tmp_path):
     folder, text = pruned
-    result = heal(
-        folder, tmp_path / "h", text=str(text), method="lm", steps=3, lr=1e-3, seq_len=32, batch=2, score_windows=4
-    )
+    result = quick_heal(folder, tmp_path / "h", text, steps=3, lr=1e-3, score_windows=4)
     before, after = tensors(folder), tensors(tmp_path / "h")
     assert before.keys() == after.keys()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -58,7 +63,7 @@ def test_lora_changes_only_the_adapted_weights(pruned, tmp_path):
 
 def test_zero_steps_is_the_pruned_model_bit_for_bit(pruned, tmp_path):
     folder, text = pruned
-    heal(folder, tmp_path / "h", text=str(text), method="lm", steps=0, seq_len=32, score_windows=2)
+    quick_heal(folder, tmp_path / "h", text, steps=0)
     before, after = tensors(folder), tensors(tmp_path / "h")
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k].view(torch.uint8), after[k].view(torch.uint8)) for k in before)
@@ -66,17 +71,8 @@ def test_zero_steps_is_the_pruned_model_bit_for_bit(pruned, tmp_path):
 
 def test_distill_and_full(pruned, tmp_path):
     folder, text = pruned
-    result = heal(
-        folder,
-        tmp_path / "h",
-        text=str(text),
-        teacher=str(DEMO_MODEL),
-        steps=2,
-        lora_rank=None,
-        lr=1e-2,
-        seq_len=32,
-        batch=2,
-        score_windows=2,
+    result = quick_heal(
+        folder, tmp_path / "h", text, method="distill", teacher=str(DEMO_MODEL), steps=2, lora_rank=None, lr=1e-2
     )
     h = result.record.healing
     assert h.method == "distill" and h.lora_rank is None and h.teacher == "demo-model"  # a name, never a path
@@ -128,19 +124,7 @@ def test_cli_heal(pruned, tmp_path):
 def test_device_map_through_accelerate(pruned, tmp_path):
     """--device-map hands placement to accelerate (here: everything on the CPU, in the checkpoint dtype)."""
     folder, text = pruned
-    result = heal(
-        folder,
-        tmp_path / "h",
-        text=str(text),
-        method="lm",
-        steps=1,
-        lr=1e-3,
-        seq_len=32,
-        batch=2,
-        score_windows=2,
-        device_map="auto",
-        max_memory="cpu=4GiB",
-    )
+    result = quick_heal(folder, tmp_path / "h", text, steps=1, lr=1e-3, device_map="auto", max_memory="cpu=4GiB")
     assert result.record.healing.steps == 1 and (tmp_path / "h" / "model.safetensors").is_file()
 
 
@@ -150,7 +134,7 @@ def test_serving_format_keeps_its_zero_ffns(pruned, tmp_path):
     folder = tmp_path / "nas"
     record = skipprune.export(DEMO_MODEL, folder, drop_mlp="last:2", format="nemotron-nas").record
     assert record.zero_ffn_layers == [10, 11]
-    heal(folder, tmp_path / "h", text=str(text), method="lm", steps=2, lr=1e-2, seq_len=32, batch=2, score_windows=2)
+    quick_heal(folder, tmp_path / "h", text, steps=2, lr=1e-2)
     after = tensors(tmp_path / "h")
     zero = [k for k in after if k.startswith(("model.layers.10.mlp.", "model.layers.11.mlp."))]
     assert len(zero) == 6 and all(not after[k].any() for k in zero)

@@ -20,6 +20,7 @@ import re
 from .source import LAYER_KEYS, layer_count, text_config
 
 # Sizes small enough for a random model of any family to build in a blink.
+TOY_LAYERS = 4
 _SMALL = {
     "hidden_size": 64,
     "intermediate_size": 128,
@@ -53,7 +54,7 @@ _TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_to
 NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens"}
 
 
-def shrink(config: dict, layers: int = 4) -> dict:
+def shrink(config: dict, layers: int = TOY_LAYERS) -> dict:
     """The same family and options at toy size: sizes from a small table where the config has them, per-layer
     lists cut to their first `layers` entries, token ids kept inside the small vocabulary."""
     out = {k: v for k, v in config.items() if v is not None and k not in ("transformers_version", "auto_map")}
@@ -86,6 +87,10 @@ def shrink(config: dict, layers: int = 4) -> dict:
     return out
 
 
+class NoDecoderBlocks(Exception):
+    """The model has no module list with one entry per layer."""
+
+
 def decoder_layers(model, count: int) -> tuple[str, object]:
     """(path, module list) of the decoder blocks: the module list with `count` entries whose entries are
     blocks (modules with parameters), the outermost one when several qualify."""
@@ -99,10 +104,22 @@ def decoder_layers(model, count: int) -> tuple[str, object]:
         and all(any(True for _ in block.parameters()) for block in module)
     ]
     if not found:
-        raise LookupError(f"no list of {count} decoder blocks")
+        raise NoDecoderBlocks(f"no list of {count} decoder blocks")
     # a vision or audio encoder may have as many layers as the language model: never pick it
     text = [nm for nm in found if not any(w in nm[0] for w in ("vision", "visual", "audio", "image", "encoder"))]
     return min(text or found, key=lambda nm: nm[0].count("."))
+
+
+def tiny_model(model_type: str, config_json: str, layers: int = TOY_LAYERS):
+    """A random instance of the family at toy size (`shrink`), seeded, in eval mode."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = {k: v for k, v in shrink(json.loads(config_json), layers).items() if k != "model_type"}
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config)).eval()
 
 
 _ATTENTION = ("self_attn", "attn", "attention", "self_attention")
@@ -113,17 +130,9 @@ _MLP = ("mlp", "feed_forward", "block_sparse_moe", "moe", "ffn", "mixer_mlp")
 def derive_sublayers(model_type: str, config_json: str) -> dict | str:
     """{'attention': (compute, *norms), 'mlp': (...), 'attention_out', 'mlp_out', 'mlp_in'} for a family, or the
     reason why its blocks cannot be split into attention and MLP. `config_json`: the source's (text) config."""
-    import json
-
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = shrink(json.loads(config_json))
     try:
-        tiny_config = AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(tiny_config).eval()
-        _, layers = decoder_layers(model, layer_count(config))
+        model = tiny_model(model_type, config_json)
+        _, layers = decoder_layers(model, TOY_LAYERS)
     except Exception as e:  # the family's own code refuses a toy size: no derivation, blocks only
         return f"a tiny {model_type} could not be built to study its blocks ({type(e).__name__})"
     names = [[n for n, c in block.named_children() if any(True for _ in c.parameters())] for block in layers]
@@ -300,22 +309,18 @@ def self_check(model_type: str, config_json: str, family) -> str | None:
     contribution zeroed (a padded batch), and cached greedy decoding equals uncached with attention-free
     layers holding no KV cache. Otherwise the reason; 'attention: ...' when only attention removal fails."""
     import copy
-    import json
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     from ..prune.bypass import bypassed
     from ..prune.plan import PrunePlan
     from .remote.modeling_skipprune import remove_sublayer
 
-    config = shrink(json.loads(config_json))
-    tiny_config = AutoConfig.for_model(model_type, **{k: v for k, v in config.items() if k != "model_type"})
-    torch.manual_seed(0)
-    ref = AutoModelForCausalLM.from_config(tiny_config).eval()
-    path, _ = decoder_layers(ref, 4)
+    ref = tiny_model(model_type, config_json)
+    tiny_config = ref.config
+    path, _ = decoder_layers(ref, TOY_LAYERS)
     tiny = dataclasses.replace(family, layers_path=path)
-    plan = PrunePlan(4, {0, 3}, {2, 3})
+    plan = PrunePlan(TOY_LAYERS, {0, 3}, {2, 3})
     pruned = copy.deepcopy(ref)
     layers = tiny.layers(pruned)
     for i in sorted(plan.drop_attention):
@@ -336,7 +341,7 @@ def self_check(model_type: str, config_json: str, family) -> str | None:
     if not torch.equal(got[mask.bool()], want[mask.bool()]):
         return "stubbing its sublayers out does not reproduce the bypassed block exactly"
     text = pruned.config.get_text_config(decoder=True)
-    text.kv_sharing_modes = ["reuse" if i in plan.drop_attention else None for i in range(4)]
+    text.kv_sharing_modes = ["reuse" if i in plan.drop_attention else None for i in range(TOY_LAYERS)]
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     try:
         with torch.no_grad():
@@ -394,7 +399,7 @@ def family_of(config: dict, split: bool = True):
         raise SourceError(f"{config['model_type']}: config.json says nothing about its number of layers")
     try:
         return _family(json.dumps(config, sort_keys=True), split)
-    except LookupError:
+    except NoDecoderBlocks:
         raise SourceError(
             f"{config['model_type']}: no list of {layer_count(text)} decoder blocks found in the model transformers "
             "builds from this config; it cannot be cut by blocks"
@@ -428,6 +433,7 @@ def support(model_type: str) -> dict[str, str]:
     from .nas import NAS_FAMILIES
 
     try:
+        check_config({"model_type": model_type})
         config = shrink(AutoConfig.for_model(model_type).to_dict())
         config["model_type"] = model_type
         family = family_of(config)

@@ -34,10 +34,8 @@ _CHUNK = 16 << 20
 _REPORT = "please report this"
 
 
-def expected_tensors(
-    folder: Path, label: str, output: bool = False, model_naming: bool = False
-) -> tuple[dict[str, tuple], set[str]]:
-    """(name -> shape, names that may be absent because they are tied) of the model `folder`'s config describes,
+def expected_tensors(folder: Path, label: str, output: bool = False, model_naming: bool = False) -> dict[str, tuple]:
+    """name -> shape of the weights the model `folder`'s config describes stores (tied copies are not stored),
     built on the meta device: no memory, no weights read; under checkpoint names unless `model_naming`. A
     source's config never runs remote code; an output's code is skipprune's own, written moments ago, and a
     failure there is skipprune's."""
@@ -52,13 +50,13 @@ def expected_tensors(
     tied = set(getattr(model, "all_tied_weights_keys", None) or {})
     state = {name: t for name, t in model.state_dict().items() if name not in tied}
     named = state if model_naming else checkpoint_names(model, state)
-    return {name: tuple(t.shape) for name, t in named.items()}, set()
+    return {name: tuple(t.shape) for name, t in named.items()}
 
 
 def check_source(src: Source, family: Family) -> list[str]:
     """Refuse a source whose shards contradict its config; return the tensors its model never reads (legacy
     buffers such as `rotary_emb.inv_freq`), which transformers ignores on load and the export leaves out."""
-    shapes, tied = expected_tensors(src.path, src.label)
+    shapes = expected_tensors(src.path, src.label)
     layer = re.compile(re.escape(family.layers_prefix) + r"(\d+)\.")
     stored_layers = {int(m[1]) for name in src.tensors if (m := layer.match(name))}
     n = src.num_layers
@@ -67,7 +65,7 @@ def check_source(src: Source, family: Family) -> list[str]:
             f"{src.label}: config.json says num_hidden_layers={n} but the shards hold layers up to "
             f"{max(stored_layers)}; set num_hidden_layers to {max(stored_layers) + 1} if the weights are right"
         )
-    missing = sorted(set(shapes) - set(src.tensors) - tied)
+    missing = sorted(set(shapes) - set(src.tensors))
     if missing:
         if stored_layers and max(stored_layers) < n - 1 and all(layer.match(m) for m in missing):
             raise SourceError(
@@ -131,11 +129,11 @@ _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 def check_model_expects(folder: Path, expected: list[OutTensor], model_naming: bool = False) -> None:
     """The output model, built on the meta device from the written config, expects exactly the tensors written,
-    with their shapes (a tied lm_head may be absent)."""
-    shapes, tied = expected_tensors(folder, "the export", output=True, model_naming=model_naming)
+    with their shapes (a tied lm_head is not stored)."""
+    shapes = expected_tensors(folder, "the export", output=True, model_naming=model_naming)
     written = {t.name: t.shape for t in expected}
     unused = sorted(set(written) - set(shapes))
-    lacking = sorted(set(shapes) - set(written) - tied)
+    lacking = sorted(set(shapes) - set(written))
     if unused or lacking:
         raise VerificationError(f"the exported model expects {lacking[:3]} and does not use {unused[:3]}; {_REPORT}")
     for name, shape in written.items():

@@ -155,8 +155,7 @@ def heal(
         tensors_trained=len(trained),
     )
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    _write(folder, out, record, healing, state, trained, overwrite)
-    return HealResult(out, ExportRecord.load(out), curve)
+    return HealResult(out, _write(folder, out, record, healing, state, trained, overwrite), curve)
 
 
 def _overlap(scored: str, trained: str) -> float:
@@ -243,7 +242,7 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
 
 def _write(
     folder: Path, out: Path, record: ExportRecord, healing: Healing, state: dict, trained: set, overwrite: bool
-) -> None:
+) -> ExportRecord:
     """The healed folder: the export's files as they are, its shards rewritten with the healed weights (same
     names, shapes, dtypes and shard layout), its records saying what was done; published atomically."""
     import torch
@@ -286,6 +285,7 @@ def _write(
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+    return healed
 
 
 __all__ = ["HealResult", "heal"]
