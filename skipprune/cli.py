@@ -99,16 +99,30 @@ tasks_options = _options(
     click.option("--tasks", metavar="LIST", help="lm-eval tasks, comma separated: names or task YAML paths."),
     click.option("--limit", type=click.IntRange(min=1), help="At most this many examples per task (quick runs)."),
 )
-spread_options = _options(
-    click.option(
-        "--device-map",
-        type=click.Choice(["auto", "balanced", "balanced_low_0", "sequential"]),
-        help="Spread the model with accelerate over the GPUs, then CPU memory, then disk (checkpoint dtype).",
-    ),
-    click.option(
-        "--max-memory", metavar="LIST", help="With --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB."
-    ),
-)
+PLACEMENTS = ["auto", "balanced", "balanced_low_0", "sequential"]
+
+
+def spread_options(stream: bool = True):
+    return _options(
+        click.option(
+            "--device-map",
+            type=click.Choice(PLACEMENTS + ["stream"] * stream),
+            help="Spread the model with accelerate over the GPUs, then CPU memory, then disk (checkpoint dtype)"
+            + (
+                "; stream: every block on disk, run one at a time over all windows (chosen by itself for a model "
+                "that does not fit)."
+                if stream
+                else "."
+            ),
+        ),
+        click.option(
+            "--max-memory",
+            metavar="LIST",
+            help="With --device-map: memory per device, e.g. 0=20GiB,1=20GiB,cpu=60GiB.",
+        ),
+    )
+
+
 speed_option = click.option(
     "--speed/--no-speed", default=True, show_default=True, help="Measure 1-token latency and decode speed."
 )
@@ -208,7 +222,7 @@ def export(source, output, push_to, private, verify, **options):
 @click.option("--eval-every", type=click.IntRange(min=1), help="Also score every N steps (the healing curve).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@spread_options
+@spread_options(stream=False)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
 def heal(pruned, output, full, lora_rank, **options):
     """Train the export PRUNED briefly to recover what removal cost; write OUTPUT in the same format."""
@@ -293,7 +307,7 @@ def push(output, repo_id, private, revision, commit_message):
 @tasks_options
 @speed_option
 @device_option
-@spread_options
+@spread_options()
 @json_option
 @trust_option
 def eval_(
@@ -325,7 +339,7 @@ def eval_(
 @click.option("--samples", type=click.IntRange(min=1), default=32, show_default=True, help="Calibration windows.")
 @click.option("--seq-len", type=click.IntRange(min=2), default=256, show_default=True, help="Tokens per window.")
 @device_option
-@spread_options
+@spread_options()
 @json_option
 @plot_option
 @click.option("--suggest", "target", metavar="TARGET", help="Suggest plans removing attn:P%, kv:P% or params:P%.")
@@ -381,7 +395,7 @@ def _importance_table(imp) -> str:
 @tasks_options
 @speed_option
 @device_option
-@spread_options
+@spread_options()
 @json_option
 @plot_option
 @trust_option

@@ -166,6 +166,9 @@ class PerplexityProtocol:
     seq_len: int
     predicted_tokens: int
     unit: str = "token"
+    # "window by window" through the whole model, or "block by block" over all windows (weights on disk);
+    # the same arithmetic either way
+    schedule: str = "window by window"
 
 
 @dataclass

@@ -133,6 +133,27 @@ def test_whole_blocks(model_type, tmp_path):
     assert "auto_map" not in json.loads((tmp_path / "out" / "config.json").read_text())  # the stock architecture
 
 
+@pytest.mark.parametrize("model_type", BLOCKS)
+def test_layer_major_execution_equals_a_plain_forward(model_type):
+    """measure/stream.py runs the family's own forward around stand-ins, then each block over all batches:
+    the logits must be a plain forward's, bit for bit, whatever the family hands its blocks."""
+    from skipprune.measure.stream import LayerMajor
+
+    config = shrink(AutoConfig.for_model(model_type).to_dict(), N)
+    config.pop("model_type", None)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config)).eval()
+    vocab = model.config.get_text_config(decoder=True).vocab_size
+    batches = [torch.randint(3, min(vocab, 200), (1, 10), generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    with torch.no_grad():
+        want = [model(input_ids=ids, use_cache=False).logits for ids in batches]
+    run, got = LayerMajor(model, batches), {}
+    run.run()
+    run.logits(got.__setitem__)
+    assert len(got) == 2 and all(torch.equal(want[b], got[b]) for b in range(2))
+    assert torch.is_grad_enabled()
+
+
 @pytest.mark.parametrize("model_type", SUBLAYERS)
 def test_attention_and_mlp(model_type, tmp_path):
     src = tiny_source(tmp_path / "src", model_type)

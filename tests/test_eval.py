@@ -144,13 +144,3 @@ def test_unknown_task(demo_export):
         main, ["eval", str(MODEL), "--no-speed", "--seq-len", "128", "--tasks", "no_such_task_xyz"]
     )
     assert res.exit_code == 1 and "no_such_task_xyz" in res.output, res.output
-
-
-def test_model_that_does_not_fit(monkeypatch):
-    import importlib
-
-    runner = importlib.import_module("skipprune.measure.runner")
-    monkeypatch.setattr(runner, "available_memory", lambda: 1 << 20)  # 1 MiB free
-    res = CliRunner().invoke(main, ["eval", str(MODEL), "--no-speed", "--device", "cpu"])
-    assert res.exit_code == 1 and "GiB are free" in res.output and "needs about" in res.output
-    assert "--device-map auto" in res.output  # the way out

@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.data import DEMO_MODEL, HELDOUT
+from skipprune.errors import MeasureError
 from skipprune.heal import heal
 
 from common import assert_clean_failure, digest, run
@@ -141,3 +142,14 @@ def test_serving_format_keeps_its_zero_ffns(pruned, tmp_path):
     before = tensors(folder)
     assert not torch.equal(before["model.layers.0.mlp.down_proj.weight"], after["model.layers.0.mlp.down_proj.weight"])
     assert json.loads((tmp_path / "h" / "config.json").read_text())["model_type"] == "nemotron-nas"
+
+
+def test_a_model_too_large_to_train_is_refused(pruned, tmp_path, monkeypatch):
+    """Measuring streams a model that does not fit (tests/test_stream.py); training cannot: one line, the way out."""
+    import importlib
+
+    folder, text = pruned
+    monkeypatch.setattr(importlib.import_module("skipprune.measure.runner"), "available_memory", lambda: 1 << 20)
+    with pytest.raises(MeasureError, match="does not fit .*--device-map auto"):
+        quick_heal(folder, tmp_path / "out", text, steps=1)
+    assert not (tmp_path / "out").exists()

@@ -93,21 +93,32 @@ class NoDecoderBlocks(Exception):
 
 def decoder_layers(model, count: int) -> tuple[str, object]:
     """(path, module list) of the decoder blocks: the module list with `count` entries whose entries are
-    blocks (modules with parameters), the outermost one when several qualify."""
+    blocks (modules with parameters), the outermost one when several qualify; failing that, one where some
+    entries are (blocks emptied in place, as sweep does)."""
     import torch
 
-    found = [
-        (name, module)
+    lists = [
+        (name, module, [any(True for _ in block.parameters()) for block in module])
         for name, module in model.named_modules()
-        if isinstance(module, torch.nn.ModuleList)
-        and len(module) == count
-        and all(any(True for _ in block.parameters()) for block in module)
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count
+    ]
+    found = [(name, m) for name, m, weighted in lists if all(weighted)] or [
+        (name, m) for name, m, weighted in lists if any(weighted)
     ]
     if not found:
         raise NoDecoderBlocks(f"no list of {count} decoder blocks")
     # a vision or audio encoder may have as many layers as the language model: never pick it
     text = [nm for nm in found if not any(w in nm[0] for w in ("vision", "visual", "audio", "image", "encoder"))]
     return min(text or found, key=lambda nm: nm[0].count("."))
+
+
+def blocks_of(model):
+    """(path, module list) of a loaded (or meta) causal LM's decoder blocks: where a skipprune export's config
+    says they are (a tampered export may hold a block without weights), else found as decoder_layers does."""
+    path = getattr(model.config, "decoder_layers", None)
+    if isinstance(path, str):
+        return path, model.get_submodule(path)
+    return decoder_layers(model, model.config.get_text_config().num_hidden_layers)
 
 
 def tiny_model(model_type: str, config_json: str, layers: int = TOY_LAYERS):

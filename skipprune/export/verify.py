@@ -27,6 +27,7 @@ from ..prune.plan import PrunePlan
 from ..records import NumericCheck, StructureCheck
 from ..system import block_progress
 from .anatomy import checkpoint_names
+from .offload import streaming_map
 from .source import Source, index_tensors
 from .writer import OutTensor, convert_bytes
 
@@ -179,8 +180,9 @@ def verify_numerics(
 
     In memory: both models in fp32; with a dtype conversion the reference is the source with its weights
     rounded to that dtype. Streamed (models that do not fit): both models are dispatched by accelerate with
-    their weights left on disk, each module's weights read from the safetensors files when it runs, and
-    compared in the checkpoint's dtype (or the converted one); memory stays near one block's weights."""
+    their weights left on disk (offload.streaming_map), each block's weights read from the safetensors files
+    when it runs, and compared in the checkpoint's dtype (or the converted one); memory stays near one block's
+    weights. One batch of two rows: token-major is already layer-major here, every weight is read once."""
     import tempfile
 
     import torch
@@ -195,20 +197,17 @@ def verify_numerics(
     mask[1, : tokens // 4] = 0  # left padding in the second row
     real = mask.bool()
     with tempfile.TemporaryDirectory(prefix="skipprune-offload-") as offload:
-        if streamed:
-            target = "auto" if dtype == "auto" else getattr(torch, dtype)
-            load = {
-                "dtype": target,
-                "device_map": "auto",
-                "max_memory": {"cpu": STREAM_BUDGET},
-                "offload_folder": offload,
-            }
-        else:
-            load = {"dtype": torch.float32}
+        target = "auto" if dtype == "auto" else getattr(torch, dtype)
+
+        def load(path: Path, own_code: bool) -> dict:
+            if not streamed:
+                return {"dtype": torch.float32}
+            return {"dtype": target, "device_map": streaming_map(path, own_code), "offload_folder": offload}
+
         with translated(
             VerificationError, "loading the source for the logit check", f"rerun with --no-verify; {_REPORT}"
         ):
-            reference = AutoModelForCausalLM.from_pretrained(source.path, **load)
+            reference = AutoModelForCausalLM.from_pretrained(source.path, **load(source.path, False))
         if dtype != "auto" and not streamed:
             with torch.no_grad():
                 for p in reference.parameters():
@@ -219,7 +218,12 @@ def verify_numerics(
         if not torch.isfinite(want[real]).all():
             _blame_source_values(source)
         with translated(VerificationError, "loading the export for the logit check", _REPORT):
-            exported = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True, **load)
+            exported, loading = AutoModelForCausalLM.from_pretrained(
+                folder, trust_remote_code=True, output_loading_info=True, **load(folder, True)
+            )
+        if loading["missing_keys"]:
+            missing = sorted(loading["missing_keys"])
+            raise VerificationError(f"the export lacks {missing[:3]}, which its model needs; {_REPORT}")
         with torch.no_grad(), block_progress(family.layers(exported), "export"):
             out = exported(input_ids=ids, attention_mask=mask).logits
         del exported
@@ -229,10 +233,6 @@ def verify_numerics(
         raise VerificationError(f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); {_REPORT}")
     mode = "streamed from disk by accelerate" if streamed else "in memory"
     return NumericCheck(max_abs_logit_diff=diff, tokens=int(real.sum()), dtype=computed_in, mode=mode)
-
-
-# The memory accelerate may keep modules in during a streamed check; everything else stays on disk.
-STREAM_BUDGET = 256 * 2**20
 
 
 def _blame_source_values(source: Source) -> None:

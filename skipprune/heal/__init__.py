@@ -78,6 +78,8 @@ def heal(
         raise PlanError("give --steps or --tokens, not both")
     if min(v for v in (steps, tokens, 0) if v is not None) < 0 or seq_len < 2 or batch < 1:
         raise PlanError("--steps, --tokens, --seq-len and --batch must be positive")
+    if device_map == "stream":
+        raise PlanError("--device-map stream runs one block at a time and cannot train; use --device-map auto")
     folder = Path(pruned)
     record = ExportRecord.load(folder)
     out = Path(output).expanduser().absolute()
@@ -105,14 +107,14 @@ def heal(
 
     device_map, max_memory = placement_options(device_map, max_memory)
     device = pick_device(device)
-    student = prepare(str(folder), device, spread=device_map is not None)
+    student = prepare(str(folder), device, spread=device_map is not None, streamable=False)
     model = load_model(student, device, device_map, max_memory)
     windows = token_windows(student.tokenizer, train, seq_len)
     scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows)
     scores = {"pruned": perplexity(model, scoring, score_name)[0]}
     reference, teacher_label = None, None
     if teacher is not None:
-        teacher_ref, _ = prepare_stock(teacher, device, spread=device_map is not None)
+        teacher_ref, _ = prepare_stock(teacher, device, spread=device_map is not None, streamable=False)
         teacher_label = teacher_ref.label  # a Hub id or a folder's name: records never hold a local path
         reference = load_model(teacher_ref, device, device_map, max_memory)
         scores["source"] = perplexity(reference, scoring, score_name)[0]

@@ -9,6 +9,7 @@ are stock and always load without remote code.
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import shutil
 import tempfile
@@ -21,6 +22,8 @@ from ..export.source import index_tensors, read_config, resolve_folder
 from ..prune.families import Family
 from ..system import available_memory
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Prepared:
@@ -32,6 +35,7 @@ class Prepared:
     config: dict
     trust: bool  # run the model's own code
     tokenizer: object
+    stream: bool = False  # too large for the device: weights stay on disk, blocks run one at a time
 
     @property
     def max_positions(self) -> int:
@@ -54,10 +58,16 @@ def pick_device(device: str) -> str:
 
 
 def prepare(
-    ref: str, device: str, trust_remote_code: bool = False, revision: str | None = None, spread: bool = False
+    ref: str,
+    device: str,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    spread: bool = False,
+    streamable: bool = True,
 ) -> Prepared:
-    """Resolve `ref`, refuse foreign code and models that won't fit (unless accelerate will `spread` them over
-    devices and disk), load the tokenizer."""
+    """Resolve `ref`, refuse foreign code, load the tokenizer; a model that won't fit on `device` (unless
+    accelerate will `spread` it as asked) is marked to be streamed from disk block by block, or refused where
+    that cannot serve (training)."""
     folder, sha = resolve_folder(ref, revision)
     config = read_config(folder, ref)
     own = is_own_code(folder, config)
@@ -68,10 +78,15 @@ def prepare(
             "trust it"
         )
     device = pick_device(device)  # only now: a bad path fails before torch is imported
-    if not spread:
-        _check_fits(folder, ref, device, 4 if device == "cpu" else None)
+    stream = not spread and not _fits(folder, ref, device, 4 if device == "cpu" else None)
+    if stream and not streamable:
+        raise MeasureError(
+            f"{ref} does not fit in the free memory of {device}; use --device-map auto (spreads it over GPUs, CPU "
+            "memory and disk), a larger device, or a smaller model"
+        )
     tokenizer = _tokenizer(folder, ref, config, own, trust_remote_code)
-    return Prepared(ref, ref if sha else folder.name, folder, config, own or trust_remote_code, tokenizer)
+    label = ref if sha else folder.name
+    return Prepared(ref, label, folder, config, own or trust_remote_code, tokenizer, stream)
 
 
 def _tokenizer(folder: Path, ref: str, config: dict, own: bool, trust_remote_code: bool):
@@ -90,18 +105,26 @@ def load_model(prepared: Prepared, device: str, device_map: str | None = None, m
     """fp32 on CPU (bf16 matmuls there are slow and imprecise), the checkpoint dtype on CUDA. With a
     `device_map` (accelerate: auto, balanced, sequential, ...), the checkpoint dtype, the layers spread over
     the GPUs and `max_memory`, the rest offloaded to CPU memory and then to disk (weights read when a module
-    runs, from the safetensors files where they can be)."""
+    runs, from the safetensors files where they can be). With `device_map="stream"`, or for a model that does
+    not fit (`prepared.stream`): every block on disk, read when it runs (measure/stream.py runs them one at a
+    time over all windows), on the GPU when there is one."""
     import torch
     from transformers import AutoModelForCausalLM
 
     options: dict = {"dtype": torch.float32 if device == "cpu" else "auto"}
-    if device_map:
+    if device_map or prepared.stream:
         offload = tempfile.mkdtemp(prefix="skipprune-offload-")
         atexit.register(shutil.rmtree, offload, ignore_errors=True)
-        options = {"dtype": "auto", "device_map": device_map, "max_memory": max_memory, "offload_folder": offload}
+        if device_map == "stream" or prepared.stream:
+            from ..export.offload import streaming_map
+
+            log.info("%s: weights stay on disk, blocks are read one at a time", prepared.label)
+            options.update(device_map=streaming_map(prepared.folder, prepared.trust), offload_folder=offload)
+        else:
+            options = {"dtype": "auto", "device_map": device_map, "max_memory": max_memory, "offload_folder": offload}
     with translated(MeasureError, f"loading {prepared.ref}", "check the model folder"):
         model = AutoModelForCausalLM.from_pretrained(prepared.folder, trust_remote_code=prepared.trust, **options)
-        if not device_map:
+        if "device_map" not in options:
             model = model.to(device)
     return model.eval()
 
@@ -142,10 +165,10 @@ def parse_max_memory(text: str | None) -> dict | None:
 
 
 def prepare_stock(
-    ref: str, device: str, trust_remote_code: bool = False, spread: bool = False
+    ref: str, device: str, trust_remote_code: bool = False, spread: bool = False, streamable: bool = True
 ) -> tuple[Prepared, Family]:
     """A stock model of a supported family (what analyze and sweep take), refused before loading otherwise."""
-    prepared = prepare(ref, device, trust_remote_code, spread=spread)
+    prepared = prepare(ref, device, trust_remote_code, spread=spread, streamable=streamable)
     if prepared.config.get("model_type") == "skipprune":
         raise SourceError(f"{ref} is already a skipprune export; use the source model instead")
     from ..export.anatomy import family_of
@@ -153,7 +176,7 @@ def prepare_stock(
     return prepared, family_of(prepared.config)
 
 
-def _check_fits(folder: Path, ref: str, device: str, bytes_per_param: int | None) -> None:
+def _fits(folder: Path, ref: str, device: str, bytes_per_param: int | None) -> bool:
     tensors = index_tensors(folder).values()
     need = (
         sum(math.prod(t.shape) * bytes_per_param for t in tensors)
@@ -167,7 +190,12 @@ def _check_fits(folder: Path, ref: str, device: str, bytes_per_param: int | None
     else:
         free = available_memory()
     if need > 0.9 * free:
-        raise MeasureError(
-            f"{ref} needs about {need / 2**30:.1f} GiB on {device} but {free / 2**30:.1f} GiB are free; "
-            "use --device-map auto (spreads it over GPUs, CPU memory and disk), a larger device, or a smaller model"
+        log.info(
+            "%s needs about %.1f GiB on %s but %.1f GiB are free: streaming its blocks from disk",
+            ref,
+            need / 2**30,
+            device,
+            free / 2**30,
         )
+        return False
+    return True
