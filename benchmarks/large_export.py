@@ -1,13 +1,18 @@
-"""A Llama-2-7B-shape export with its logit check, on a machine where the model does not fit twice in memory.
+"""A Llama-2-7B-shape export with its logit check, and analyze, on a machine where the model does not fit
+twice in memory.
 
     python benchmarks/large_export.py [--dir /tmp/skipprune-large] [--layers 32] [--drop last:33%] [--keep]
+                                      [--analyze [--samples 32 --seq-len 256]]
 
 Writes a random bf16 checkpoint of Llama-2-7B's shape (hidden 4096, MLP 11008, 32 heads, vocab 32000; 13.5 GB
 at 32 layers, in 5 GB shards) into a temporary folder, then times `cp -r` of it and the default
 `skipprune export SOURCE OUT --drop-attn SPEC` (source check, structure and bytes, model check, and the logit
 check, which streams both models' weights from disk at this size), reporting wall time and peak RSS (from
 wait4), and deletes everything unless --keep. Run it at 16 and 32 layers to see whether the peak grows with
-depth.
+depth. With --analyze, also `skipprune analyze SOURCE --samples N --seq-len T --device cpu` (the model does
+not fit in memory in fp32, so its blocks are streamed from disk and run one at a time over all windows) and,
+where the fp32 model fits in memory, one plain in-memory transformers forward over the same windows for
+comparison (a child process each; the demo model's tokenizer is copied in for the text).
 """
 
 from __future__ import annotations
@@ -92,6 +97,22 @@ def make_checkpoint(folder: Path, layers: int) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
+def in_memory_forward(folder: Path, samples: int, seq_len: int) -> None:
+    """One plain forward of the fp32 model over the windows analyze reads (run in a child: see main)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from skipprune.measure.text import read_text, token_windows
+
+    windows = token_windows(AutoTokenizer.from_pretrained(folder), read_text(None)[0], seq_len, samples)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    start = time.perf_counter()
+    with torch.no_grad():
+        for w in windows:
+            model.model(input_ids=w.view(1, -1))
+    print(f"forward {time.perf_counter() - start:.1f}", file=sys.stderr)
+
+
 def timed(cmd: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (bytes) and stderr of one command."""
     start = time.perf_counter()
@@ -110,6 +131,9 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--drop", default="last:33%")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the export")
+    ap.add_argument("--analyze", action="store_true", help="also time analyze (and an in-memory forward)")
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=256)
     args = ap.parse_args()
     exe = shutil.which("skipprune") or sys.exit("install skipprune first (pip install -e .)")
     src, out, copy = args.dir / "source", args.dir / "out", args.dir / "copy"
@@ -137,6 +161,34 @@ def main() -> None:
         )
         print("verification:", json.dumps(record["verification"]["numerics"]))
         print("\n".join(line for line in err.splitlines() if "verified" in line or "streamed" in line))
+        if args.analyze:
+            shutil.rmtree(out)
+            demo = Path(__file__).parent.parent / "skipprune" / "data" / "demo-model"
+            for f in demo.glob("tokenizer*"):
+                shutil.copy(f, src / f.name)
+            size_args = ["--samples", str(args.samples), "--seq-len", str(args.seq_len)]
+            wall_a, rss_a, err_a = timed([exe, "analyze", str(src), *size_args, "--device", "cpu"])
+            print(
+                f"| skipprune analyze ({args.samples} x {args.seq_len} tokens, streamed) | {wall_a:.1f} | "
+                f"{wall_a / cp_wall:.2f}x | {rss_a / 2**20:.0f} |"
+            )
+            print("\n".join(line for line in err_a.splitlines() if "stream" in line or "GiB" in line))
+            fp32 = 4 * sum(p.stat().st_size for p in src.glob("*.safetensors")) // 2
+            if fp32 < 0.8 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"):
+                code = (
+                    f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import large_export; "
+                    f"large_export.in_memory_forward(__import__('pathlib').Path({str(src)!r}), "
+                    f"{args.samples}, {args.seq_len})"
+                )
+                wall_f, rss_f, err_f = timed([sys.executable, "-c", code])
+                forward = float(err_f.split("forward ")[-1].split()[0])
+                print(
+                    f"| in-memory fp32 load + one forward over the same windows | {wall_f:.1f} | "
+                    f"{wall_f / cp_wall:.2f}x | {rss_f / 2**20:.0f} |"
+                )
+                print(f"of which the forward alone: {forward:.1f} s; analyze / forward = {wall_a / forward:.2f}")
+            else:
+                print(f"in-memory fp32 forward: not run, the fp32 model ({fp32 / 2**30:.1f} GiB) does not fit")
     finally:
         if not args.keep:
             shutil.rmtree(args.dir, ignore_errors=True)
