@@ -9,10 +9,11 @@ at 32 layers, in 5 GB shards) into a temporary folder, then times `cp -r` of it 
 `skipprune export SOURCE OUT --drop-attn SPEC` (source check, structure and bytes, model check, and the logit
 check, which streams both models' weights from disk at this size), reporting wall time and peak RSS (from
 wait4), and deletes everything unless --keep. Run it at 16 and 32 layers to see whether the peak grows with
-depth. With --analyze, also `skipprune analyze SOURCE --samples N --seq-len T --device cpu` (the model does
-not fit in memory in fp32, so its blocks are streamed from disk and run one at a time over all windows) and,
-where the fp32 model fits in memory, one plain in-memory transformers forward over the same windows for
-comparison (a child process each; the demo model's tokenizer is copied in for the text).
+depth. With --analyze, also `skipprune analyze SOURCE --samples N --seq-len T --device cpu --device-map
+stream` (blocks streamed from disk and run one at a time over all windows: what analyze does by itself when
+the fp32 model does not fit, as at 32 layers) and, where the fp32 model fits in memory, one plain in-memory
+transformers forward over the same windows for comparison (a child process each; the demo model's
+tokenizer is copied in for the text).
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def main() -> None:
             for f in demo.glob("tokenizer*"):
                 shutil.copy(f, src / f.name)
             size_args = ["--samples", str(args.samples), "--seq-len", str(args.seq_len)]
-            wall_a, rss_a, err_a = timed([exe, "analyze", str(src), *size_args, "--device", "cpu"])
+            wall_a, rss_a, err_a = timed(
+                [exe, "analyze", str(src), *size_args, "--device", "cpu", "--device-map", "stream"]
+            )
             print(
                 f"| skipprune analyze ({args.samples} x {args.seq_len} tokens, streamed) | {wall_a:.1f} | "
                 f"{wall_a / cp_wall:.2f}x | {rss_a / 2**20:.0f} |"

@@ -187,8 +187,10 @@ def main():
     "--verify/--no-verify",
     default=None,
     help="Compare logits against the bypassed source (default: on; weights are streamed from disk when the "
-    "models do not fit in memory). The source, the structure and the kept bytes are always checked.",
+    "models do not fit in memory, or placed by --device-map). The source, the structure and the kept bytes are "
+    "always checked.",
 )
+@spread_options()
 def export(source, output, push_to, private, verify, **options):
     """Write OUTPUT: a copy of SOURCE (folder or Hub id) without the removed sublayers."""
     from .export.pipeline import export as run_export

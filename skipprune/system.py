@@ -6,6 +6,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import MeasureError
+
 
 def available_memory() -> int:
     """Bytes of memory the kernel can give without swapping (MemAvailable)."""
@@ -70,3 +72,35 @@ def block_progress(layers, desc: str):
         for h in handles:
             h.remove()
         bar.close()
+
+
+def return_freed_memory() -> None:
+    """Hand memory freed by torch back to the OS (glibc keeps freed blocks under 32 MB in its arenas, so a
+    process that loads and drops one block's weights after another would otherwise keep growing). Linux and
+    glibc only; elsewhere nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def placement_options(device_map: str | None, max_memory: str | dict | None) -> tuple[str | None, dict | None]:
+    """Checked accelerate placement options: `max_memory` as a dict, and only together with a device map."""
+    if max_memory and not device_map:
+        raise MeasureError("--max-memory only applies with --device-map; add --device-map auto")
+    return device_map, parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """'0=20GiB,1=20GiB,cpu=60GiB' -> {0: '20GiB', 1: '20GiB', 'cpu': '60GiB'} (accelerate's max_memory)."""
+    if not text:
+        return None
+    out: dict = {}
+    for item in text.split(","):
+        key, _, value = item.strip().partition("=")
+        if not value or not (key.isdigit() or key in ("cpu", "mps", "disk")):
+            raise MeasureError(f"bad --max-memory item {item!r}: write DEVICE=SIZE items like 0=20GiB,cpu=60GiB")
+        out[int(key) if key.isdigit() else key] = value.strip()
+    return out

@@ -85,3 +85,21 @@ def test_lm_eval_on_the_dispatched_model(tmp_path, text):
 
 def test_max_memory_needs_a_device_map():
     assert_clean_failure(run("analyze", DEMO_MODEL, "--max-memory", "cpu=1GiB"), "only applies with --device-map")
+
+
+@pytest.mark.parametrize(
+    "placement, mode",
+    [
+        (OFFLOAD, "dispatched by accelerate (auto)"),
+        ({"device_map": "stream"}, "streamed from disk by accelerate"),
+    ],
+)
+def test_export_verification_placed_as_asked(placement, mode, tmp_path):
+    result = skipprune.export(DEMO_MODEL, tmp_path / "out", drop_attn="last:3", **placement)
+    check = result.record.verification.numerics
+    assert (check.mode, check.dtype, check.max_abs_logit_diff) == (mode, "bfloat16", 0.0)
+
+
+def test_export_max_memory_needs_a_device_map(tmp_path):
+    proc = run("export", DEMO_MODEL, tmp_path / "out", "--drop-attn", "2", "--max-memory", "cpu=1GiB")
+    assert_clean_failure(proc, "--max-memory only applies with --device-map", tmp_path / "out")

@@ -345,7 +345,9 @@ def _scores(results: Results | None) -> str:
     if proto := results.perplexity_protocol:
         notes.append(
             f"Perplexity: token-level, {proto.windows} non-overlapping windows of {proto.seq_len} tokens "
-            f"({proto.predicted_tokens:,} predicted tokens) of {proto.text}."
+            f"({proto.predicted_tokens:,} predicted tokens) of {proto.text}"
+            + (", run block by block with the weights on disk" if proto.schedule == "block by block" else "")
+            + "."
         )
     if speed := results.speed:
         notes.append(

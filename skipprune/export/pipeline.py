@@ -32,7 +32,7 @@ from ..errors import OutputError, PlanError, translated
 from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.plan import PrunePlan, format_indices
 from ..records import ByteCounts, ExportRecord, SourceRef, Verification
-from ..system import available_memory, fsync_path, fsync_tree
+from ..system import available_memory, fsync_path, fsync_tree, placement_options
 from . import anatomy, layout, nas, verify
 from .remote import NAS_FILES, REMOTE_FILES
 from .source import TOKENIZER_FILES, Source, open_source
@@ -66,6 +66,8 @@ def export(
     revision: str | None = None,
     overwrite: bool = False,
     verify_numerics: bool | None = None,
+    device_map: str | None = None,
+    max_memory: str | dict | None = None,
     adaptive_ffn: dict | str | None = None,
     format: str = "default",
     card: bool = True,
@@ -75,7 +77,8 @@ def export(
 
     Give either a PrunePlan or SPEC strings (see skipprune.prune.plan). Logits are compared against the
     bypassed source unless `verify_numerics=False`: in memory when both models fit comfortably, else with
-    the weights streamed from disk. `adaptive_ffn` (settings
+    the weights streamed from disk; `device_map` / `max_memory` (accelerate's, e.g. "auto" and
+    {0: "20GiB"}; "stream" for disk) place both models for that check instead. `adaptive_ffn` (settings
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
     may then be empty. `format="nemotron-nas"` writes the serving format (see skipprune.export.nas) that vLLM,
     SGLang, TensorRT-LLM and llama.cpp load. `command` overrides the reproduce line of the records (built from
@@ -83,6 +86,7 @@ def export(
     """
     if dtype not in DTYPES:
         raise PlanError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
+    placement = placement_options(device_map, max_memory)
     if format not in nas.FORMATS:
         raise PlanError(f"unknown format {format!r}: use {' or '.join(nas.FORMATS)}")
     serving = format == "nemotron-nas"
@@ -133,7 +137,9 @@ def export(
                 OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
             ):
                 _write_side_files(tmp, src, config, code)
-            verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics, rename is not None)
+            verification = _verify(
+                tmp, src, plan, family, dtype, tensors, verify_numerics, rename is not None, placement
+            )
             record = ExportRecord(
                 source=SourceRef(src.label, src.revision, src.model_type),
                 plan=plan,
@@ -162,7 +168,15 @@ def export(
 
 
 def _verify(
-    tmp: Path, src: Source, plan, family, dtype: str, tensors, numerics: bool | None, model_naming: bool = False
+    tmp: Path,
+    src: Source,
+    plan,
+    family,
+    dtype: str,
+    tensors,
+    numerics: bool | None,
+    model_naming: bool = False,
+    placement: tuple = (None, None),
 ) -> Verification:
     structure = verify.verify_structure(tmp, tensors)
     verify.check_model_expects(tmp, tensors, model_naming)
@@ -175,10 +189,12 @@ def _verify(
     log.info("structure verified: %d tensors as planned, expected by the model; %s", structure.tensors, kept)
     if numerics is False:
         return Verification(structure, numerics_skipped="--no-verify")
-    streamed = not verify.fits_in_memory(src, available_memory())
-    if streamed:
+    device_map, max_memory = placement
+    streamed = device_map == "stream" or (not device_map and not verify.fits_in_memory(src, available_memory()))
+    if streamed and not device_map:
         log.info("comparing logits with weights streamed from disk (the models do not fit in memory together)")
-    check = verify.verify_numerics(tmp, src, plan, family, dtype, streamed=streamed)
+    dispatch = None if streamed or not device_map else (device_map, max_memory)
+    check = verify.verify_numerics(tmp, src, plan, family, dtype, streamed=streamed, dispatch=dispatch)
     log.info("logits verified (%s): max |diff| %.3g vs the bypassed source", check.mode, check.max_abs_logit_diff)
     return Verification(structure, numerics=check)
 

@@ -175,6 +175,7 @@ def verify_numerics(
     dtype: str = "auto",
     streamed: bool = False,
     tokens: int = 16,
+    dispatch: tuple | None = None,
 ) -> NumericCheck:
     """Max |logit difference| between the export and the bypassed source, with a padded batch.
 
@@ -182,7 +183,9 @@ def verify_numerics(
     rounded to that dtype. Streamed (models that do not fit): both models are dispatched by accelerate with
     their weights left on disk (offload.streaming_map), each block's weights read from the safetensors files
     when it runs, and compared in the checkpoint's dtype (or the converted one); memory stays near one block's
-    weights. One batch of two rows: token-major is already layer-major here, every weight is read once."""
+    weights. One batch of two rows: token-major is already layer-major here, every weight is read once.
+    `dispatch` = (device_map, max_memory): both models placed by accelerate as asked (GPUs, CPU, disk), in the
+    checkpoint's dtype (or the converted one)."""
     import tempfile
 
     import torch
@@ -200,6 +203,13 @@ def verify_numerics(
         target = "auto" if dtype == "auto" else getattr(torch, dtype)
 
         def load(path: Path, own_code: bool) -> dict:
+            if dispatch:
+                return {
+                    "dtype": target,
+                    "device_map": dispatch[0],
+                    "max_memory": dispatch[1],
+                    "offload_folder": offload,
+                }
             if not streamed:
                 return {"dtype": torch.float32}
             return {"dtype": target, "device_map": streaming_map(path, own_code), "offload_folder": offload}
@@ -208,7 +218,7 @@ def verify_numerics(
             VerificationError, "loading the source for the logit check", f"rerun with --no-verify; {_REPORT}"
         ):
             reference = AutoModelForCausalLM.from_pretrained(source.path, **load(source.path, False))
-        if dtype != "auto" and not streamed:
+        if dtype != "auto" and not streamed and not dispatch:
             with torch.no_grad():
                 for p in reference.parameters():
                     p.copy_(p.to(getattr(torch, dtype)))
@@ -231,7 +241,8 @@ def verify_numerics(
     diff = (out.float() - want)[real].abs().max().item()
     if not diff <= 1e-5:
         raise VerificationError(f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); {_REPORT}")
-    mode = "streamed from disk by accelerate" if streamed else "in memory"
+    mode = f"dispatched by accelerate ({dispatch[0]})" if dispatch else "streamed from disk by accelerate"
+    mode = mode if streamed or dispatch else "in memory"
     return NumericCheck(max_abs_logit_diff=diff, tokens=int(real.sum()), dtype=computed_in, mode=mode)
 
 

@@ -26,10 +26,10 @@ from ..export.source import index_tensors
 from ..export.verify import verify_structure
 from ..export.writer import INDEX_NAME, OutTensor
 from ..measure.perplexity import perplexity
-from ..measure.runner import input_device, load_model, pick_device, placement_options, prepare, prepare_stock
+from ..measure.runner import input_device, load_model, pick_device, prepare, prepare_stock
 from ..measure.text import read_text, token_windows
 from ..records import RESULTS_FILE, ExportRecord, Healing, Verification
-from ..system import fsync_tree
+from ..system import fsync_tree, placement_options
 
 log = logging.getLogger(__name__)
 METHODS = ("distill", "lm")

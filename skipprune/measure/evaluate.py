@@ -10,10 +10,11 @@ from ..cards.card import fmt, ratio, score_rows
 from ..errors import MeasureError
 from ..prune.suggest import Importance
 from ..records import Measurement, Results
+from ..system import placement_options
 from . import speed as speeds
 from .importance import measure_importance
 from .perplexity import perplexity
-from .runner import Prepared, load_model, pick_device, placement_options, prepare, prepare_stock
+from .runner import Prepared, load_model, pick_device, prepare, prepare_stock
 from .sweep import SweepRow, run_sweep
 from .tasks import check_tasks, run_tasks
 from .text import check_text_arg, read_text, token_windows

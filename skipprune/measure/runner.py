@@ -112,21 +112,40 @@ def load_model(prepared: Prepared, device: str, device_map: str | None = None, m
     from transformers import AutoModelForCausalLM
 
     options: dict = {"dtype": torch.float32 if device == "cpu" else "auto"}
-    if device_map or prepared.stream:
+    streamed = device_map == "stream" or prepared.stream
+    if device_map or streamed:
         offload = tempfile.mkdtemp(prefix="skipprune-offload-")
         atexit.register(shutil.rmtree, offload, ignore_errors=True)
-        if device_map == "stream" or prepared.stream:
+        if streamed:
             from ..export.offload import streaming_map
 
             log.info("%s: weights stay on disk, blocks are read one at a time", prepared.label)
-            options.update(device_map=streaming_map(prepared.folder, prepared.trust), offload_folder=offload)
+            # loaded in the checkpoint's dtype: asking for fp32 here makes transformers read every weight now
+            options = {"dtype": "auto", "device_map": streaming_map(prepared.folder, prepared.trust)}
         else:
-            options = {"dtype": "auto", "device_map": device_map, "max_memory": max_memory, "offload_folder": offload}
+            options = {"dtype": "auto", "device_map": device_map, "max_memory": max_memory}
+        options["offload_folder"] = offload
     with translated(MeasureError, f"loading {prepared.ref}", "check the model folder"):
         model = AutoModelForCausalLM.from_pretrained(prepared.folder, trust_remote_code=prepared.trust, **options)
         if "device_map" not in options:
             model = model.to(device)
+    if streamed and device == "cpu":
+        _read_as(model, torch.float32)
     return model.eval()
+
+
+def _read_as(model, dtype) -> None:
+    """Make the meta-device placeholders of offloaded weights `dtype`: accelerate casts each weight to its
+    placeholder's dtype when it reads it, so a streamed model computes in fp32 on the CPU, as in memory."""
+    import torch
+
+    new: dict[int, torch.nn.Parameter] = {}  # tied weights stay one parameter
+    for module in model.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            if p.device.type == "meta" and p.is_floating_point():
+                if id(p) not in new:
+                    new[id(p)] = torch.nn.Parameter(torch.empty_like(p, dtype=dtype), requires_grad=False)
+                module._parameters[name] = new[id(p)]
 
 
 def input_device(model):
@@ -142,26 +161,6 @@ def placement(model) -> str:
     """The device a model runs on, or its spread (e.g. 'cpu+disk') when accelerate dispatched it."""
     spread = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
     return "+".join(spread) if len(spread) > 1 or spread == ["disk"] else str(input_device(model))
-
-
-def placement_options(device_map: str | None, max_memory: str | dict | None) -> tuple[str | None, dict | None]:
-    """Checked accelerate placement options: `max_memory` as a dict, and only together with a device map."""
-    if max_memory and not device_map:
-        raise MeasureError("--max-memory only applies with --device-map; add --device-map auto")
-    return device_map, parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
-
-
-def parse_max_memory(text: str | None) -> dict | None:
-    """'0=20GiB,1=20GiB,cpu=60GiB' -> {0: '20GiB', 1: '20GiB', 'cpu': '60GiB'} (accelerate's max_memory)."""
-    if not text:
-        return None
-    out: dict = {}
-    for item in text.split(","):
-        key, _, value = item.strip().partition("=")
-        if not value or not (key.isdigit() or key in ("cpu", "mps", "disk")):
-            raise MeasureError(f"bad --max-memory item {item!r}: write DEVICE=SIZE items like 0=20GiB,cpu=60GiB")
-        out[int(key) if key.isdigit() else key] = value.strip()
-    return out
 
 
 def prepare_stock(

@@ -21,6 +21,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from tqdm.auto import tqdm
 
 from ..export import anatomy
+from ..system import return_freed_memory
 
 
 class _Stop(Exception):
@@ -84,6 +85,8 @@ def held(module, own_only: bool = False):
         for m, h in hooks:
             h.offload, h._skipprune_held = True, False
             h.post_forward(m, None)
+        if hooks:
+            return_freed_memory()
 
 
 def _hidden(args, kwargs):
