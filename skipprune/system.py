@@ -38,6 +38,31 @@ def fsync_tree(folder: Path) -> None:
     fsync_path(folder)
 
 
+class Flusher:
+    """fsync files in a background thread while the caller goes on, so the kernel writes them back while the
+    process checks what it wrote; `join()` waits and re-raises a failure (a later fsync on a new descriptor
+    would not see a write-back error this one already reported)."""
+
+    def __init__(self, paths: list[Path]):
+        import threading
+
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(paths,), daemon=True)
+        self.thread.start()
+
+    def _run(self, paths: list[Path]) -> None:
+        try:
+            for p in paths:
+                fsync_path(p)
+        except BaseException as e:  # handed to join()
+            self.error = e
+
+    def join(self) -> None:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def write_text_durably(path: Path, text: str) -> None:
     """Write `text` next to `path`, flush it, and rename it into place: a crash leaves the old or the new file,
     never a truncated one."""

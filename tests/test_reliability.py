@@ -193,6 +193,23 @@ def test_disk_full_while_writing_small_files(src, tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.skipprune-*"))
 
 
+def test_a_write_back_failure_of_a_shard_fails_the_export(src, tmp_path, monkeypatch):
+    """Shards are fsynced in a background thread while they are checked: its failure must not be lost."""
+    system = importlib.import_module("skipprune.system")
+    real = system.fsync_path
+
+    def failing(path):
+        if str(path).endswith(".safetensors"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(system, "fsync_path", failing)
+    res = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o"), "--drop-attn", "1"])
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "flushing o to disk failed (Input/output error)" in errors[0]
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.skipprune-*"))
+
+
 def test_dtype_conversion_is_reported_as_such(family_sources, tmp_path):
     proc = run("export", family_sources["llama"], tmp_path / "o", "--drop-attn", "1", "--dtype", "bfloat16")
     assert proc.returncode == 0, proc.stderr

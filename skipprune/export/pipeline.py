@@ -32,7 +32,7 @@ from ..errors import OutputError, PlanError, translated
 from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.plan import PrunePlan, format_indices
 from ..records import ByteCounts, ExportRecord, SourceRef, Verification
-from ..system import available_memory, fsync_path, fsync_tree, placement_options
+from ..system import Flusher, available_memory, fsync_path, fsync_tree, placement_options
 from . import anatomy, layout, nas, verify
 from .remote import NAS_FILES, REMOTE_FILES
 from .source import TOKENIZER_FILES, Source, open_source
@@ -128,11 +128,13 @@ def export(
     with _exclusive(out), _sigterm_cleans_up():
         _clean_stale_partials(out)
         tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
+        flusher = None
         try:
             tmp.mkdir()
             total = sum(t.nbytes for t in tensors)
             with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
                 write_shards(tmp, tensors, shard_bytes, bar.update)
+            flusher = Flusher(sorted(tmp.glob("*.safetensors")))  # written back while they are checked
             with translated(
                 OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
             ):
@@ -158,9 +160,13 @@ def export(
                 record.save(tmp)
                 if card:
                     write_card(tmp, record, None, name=out.name)
+            with translated(OutputError, f"flushing {out.name} to disk", "check the disk and the output location"):
+                flusher.join()
                 fsync_tree(tmp)
                 _publish(tmp, out, overwrite)
         except BaseException:
+            if flusher is not None:
+                flusher.thread.join()
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     log.info("wrote %s (%.1f MiB of %.1f MiB)", out, total / 2**20, src.nbytes / 2**20)
