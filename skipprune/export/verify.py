@@ -241,8 +241,10 @@ def verify_numerics(
     diff = (out.float() - want)[real].abs().max().item()
     if not diff <= 1e-5:
         raise VerificationError(f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); {_REPORT}")
-    mode = f"dispatched by accelerate ({dispatch[0]})" if dispatch else "streamed from disk by accelerate"
-    mode = mode if streamed or dispatch else "in memory"
+    if dispatch:
+        mode = f"dispatched by accelerate ({dispatch[0]})"
+    else:
+        mode = "streamed from disk by accelerate" if streamed else "in memory"
     return NumericCheck(max_abs_logit_diff=diff, tokens=int(real.sum()), dtype=computed_in, mode=mode)
 
 

@@ -99,6 +99,8 @@ def _layer_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
 
     layers = family.layers(model)
     chunks = [ids.view(1, -1).to(input_device(model)) for ids in windows]
+    if not chunks:
+        return 0
     attn_delta: list = [None]
     handles = []
 
@@ -152,7 +154,7 @@ class _History:
         if self.slot is None:
             self.slot, self.shape = data.nbytes, data.shape
         self.file.seek((i * self.windows + b) * self.slot)
-        self.file.write(data.tobytes())
+        self.file.write(memoryview(data).cast("B"))
 
     def get(self, i: int, b: int):
         import numpy as np
