@@ -105,3 +105,16 @@ def test_heal_refuses_to_stream(tmp_path):
     with pytest.raises(PlanError, match="cannot train"):
         heal(DEMO, tmp_path / "o", text="bundled", method="lm", device_map="stream")
     assert not (tmp_path / "o").exists()
+
+
+def test_speed_is_not_timed_from_disk(caplog, tmp_path):
+    """A streamed model reads its weights from disk at every forward: timing it would time the disk."""
+    import skipprune
+    from skipprune.data import HELDOUT
+
+    text = tmp_path / "t.txt"
+    text.write_text(HELDOUT.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    with caplog.at_level("INFO", logger="skipprune"):
+        results = skipprune.evaluate(DEMO, text=str(text), seq_len=32, device="cpu", device_map="stream")
+    assert results.speed is None and results.perplexity is not None
+    assert "speed not measured: the weights are read from disk" in caplog.text

@@ -14,7 +14,7 @@ from ..system import placement_options
 from . import speed as speeds
 from .importance import measure_importance
 from .perplexity import perplexity
-from .runner import Prepared, load_model, pick_device, prepare, prepare_stock
+from .runner import Prepared, load_model, pick_device, placement, prepare, prepare_stock
 from .sweep import SweepRow, run_sweep
 from .tasks import check_tasks, run_tasks
 from .text import check_text_arg, read_text, token_windows
@@ -88,7 +88,7 @@ def evaluate(
     for m, p in zip(loaded, prepared):
         log.info("measuring %s: perplexity over %d windows of %d tokens ...", p.label, len(windows), seq_len)
         measured.append(measure_loaded(m, p, windows, name, tasks, limit))
-    if speed:
+    if speed and not _timed_from_disk(loaded):
         log.info("measuring 1-token latency and decode speed%s", " (interleaved with the baseline)" if baseline else "")
         for d, s in zip(measured, speeds.speed(loaded)):
             d.speed = s
@@ -161,7 +161,16 @@ def sweep(
         return r.perplexity, r.perplexity_protocol, {t: s.value for t, s in r.tasks.items()}
 
     log.info("sweeping the grid (%d windows of %d tokens per point) ...", len(windows), seq_len)
-    return run_sweep(loaded, family, measure_point, speed)
+    return run_sweep(loaded, family, measure_point, speed and not _timed_from_disk([loaded]))
+
+
+def _timed_from_disk(models: list) -> bool:
+    """Whether speed would time the disk: a model whose weights are read from disk at every forward. Then
+    speed is left out (and says so) rather than measured for hours and reported as the model's."""
+    on_disk = [m for m in models if "disk" in placement(m)]
+    if on_disk:
+        log.info("speed not measured: the weights are read from disk at every forward, so it would time the disk")
+    return bool(on_disk)
 
 
 def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str, trust_remote_code: bool, placement):
