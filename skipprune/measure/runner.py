@@ -189,12 +189,6 @@ def _fits(folder: Path, ref: str, device: str, bytes_per_param: int | None) -> b
     else:
         free = available_memory()
     if need > 0.9 * free:
-        log.info(
-            "%s needs about %.1f GiB on %s but %.1f GiB are free: streaming its blocks from disk",
-            ref,
-            need / 2**30,
-            device,
-            free / 2**30,
-        )
+        log.info("%s needs about %.1f GiB on %s but %.1f GiB are free", ref, need / 2**30, device, free / 2**30)
         return False
     return True
