@@ -113,8 +113,8 @@ def return_freed_memory() -> None:
 
 def placement_options(device_map: str | None, max_memory: str | dict | None) -> tuple[str | None, dict | None]:
     """Checked accelerate placement options: `max_memory` as a dict, and only together with a device map."""
-    if max_memory and not device_map:
-        raise MeasureError("--max-memory only applies with --device-map; add --device-map auto")
+    if max_memory and device_map in (None, "stream"):
+        raise MeasureError("--max-memory only applies with --device-map auto|balanced|...; streaming holds one block")
     return device_map, parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
 
 

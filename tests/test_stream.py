@@ -118,3 +118,21 @@ def test_speed_is_not_timed_from_disk(caplog, tmp_path):
         results = skipprune.evaluate(DEMO, text=str(text), seq_len=32, device="cpu", device_map="stream")
     assert results.speed is None and results.perplexity is not None
     assert "speed not measured: the weights are read from disk" in caplog.text
+
+
+def test_a_model_without_a_block_list_is_refused_in_one_line(monkeypatch):
+    from skipprune.export import offload
+    from skipprune.export.anatomy import NoDecoderBlocks
+
+    def none(*args, **kwargs):
+        raise NoDecoderBlocks("no list of 12 decoder blocks")
+
+    monkeypatch.setattr(offload, "streaming_map", none)
+    res = CliRunner().invoke(main, ["eval", DEMO, "--no-speed", "--device-map", "stream"])
+    assert res.exit_code == 1 and "cannot run block by block (no list of 12 decoder blocks)" in res.output
+    assert "Traceback" not in res.output and "internal error" not in res.output
+
+
+def test_max_memory_does_not_apply_to_streaming():
+    res = CliRunner().invoke(main, ["analyze", DEMO, "--device-map", "stream", "--max-memory", "cpu=1GiB"])
+    assert res.exit_code == 1 and "--max-memory only applies with --device-map auto" in res.output

@@ -125,50 +125,33 @@ def export(
     command = command or _command(src, out.name, specs, dtype, adaptive, format)
     code = () if stock else NAS_FILES if serving else REMOTE_FILES
 
-    with _exclusive(out), _sigterm_cleans_up():
-        _clean_stale_partials(out)
-        tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
-        flusher = None
-        try:
-            tmp.mkdir()
-            total = sum(t.nbytes for t in tensors)
-            with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
-                write_shards(tmp, tensors, shard_bytes, bar.update)
-            flusher = Flusher(sorted(tmp.glob("*.safetensors")))  # written back while they are checked
-            with translated(
-                OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
-            ):
-                _write_side_files(tmp, src, config, code)
-            verification = _verify(
-                tmp, src, plan, family, dtype, tensors, verify_numerics, rename is not None, placement
-            )
-            record = ExportRecord(
-                source=SourceRef(src.label, src.revision, src.model_type),
-                plan=plan,
-                architecture="stock" if stock else format if serving else "skipprune",
-                format=format,
-                zero_ffn_layers=zero_ffn,
-                bytes=ByteCounts(source=src.nbytes, output=total),
-                verification=verification,
-                dtype=dtype,
-                adaptive_ffn_skip=adaptive,
-                ignored_tensors=ignored,
-                command=command,
-                transformers_version=version("transformers"),
-            )
-            with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
-                record.save(tmp)
-                if card:
-                    write_card(tmp, record, None, name=out.name)
-            with translated(OutputError, f"flushing {out.name} to disk", "check the disk and the output location"):
-                flusher.join()
-                fsync_tree(tmp)
-                _publish(tmp, out, overwrite)
-        except BaseException:
-            if flusher is not None:
-                flusher.thread.join()
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with staging(out) as tmp:
+        total = sum(t.nbytes for t in tensors)
+        with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
+            write_shards(tmp, tensors, shard_bytes, bar.update)
+        flusher = Flusher(sorted(tmp.glob("*.safetensors")))  # written back while they are checked
+        with translated(OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"):
+            _write_side_files(tmp, src, config, code)
+        verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics, rename is not None, placement)
+        record = ExportRecord(
+            source=SourceRef(src.label, src.revision, src.model_type),
+            plan=plan,
+            architecture="stock" if stock else format if serving else "skipprune",
+            format=format,
+            zero_ffn_layers=zero_ffn,
+            bytes=ByteCounts(source=src.nbytes, output=total),
+            verification=verification,
+            dtype=dtype,
+            adaptive_ffn_skip=adaptive,
+            ignored_tensors=ignored,
+            command=command,
+            transformers_version=version("transformers"),
+        )
+        with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
+            record.save(tmp)
+            if card:
+                write_card(tmp, record, None, name=out.name)
+        publish(tmp, out, overwrite, flusher)
     log.info("wrote %s (%.1f MiB of %.1f MiB)", out, total / 2**20, src.nbytes / 2**20)
     return ExportResult(out, record)
 
@@ -250,6 +233,31 @@ def _check_output(out: Path, source: Path, overwrite: bool) -> None:
         raise OutputError(f"OUTPUT {out} is a file; choose a folder path")
     if out.exists() and not overwrite:
         raise OutputError(f"OUTPUT {out} already exists; pass --overwrite to replace it, or choose another folder")
+
+
+@contextlib.contextmanager
+def staging(out: Path):
+    """A temporary folder beside `out`, under its lock, that an export (or a healed copy) is written into: it
+    becomes `out` only through `publish`; a failure or an interruption before that removes it."""
+    with _exclusive(out), _sigterm_cleans_up():
+        _clean_stale_partials(out)
+        tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
+        try:
+            tmp.mkdir()
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def publish(tmp: Path, out: Path, overwrite: bool, flusher: Flusher | None = None) -> None:
+    """Flush everything in `tmp` to stable storage (after the background `flusher`, whose failure is raised
+    here), then rename it into place."""
+    with translated(OutputError, f"flushing {out.name} to disk", "check the disk and the output location"):
+        if flusher is not None:
+            flusher.join()
+        fsync_tree(tmp)
+        _publish(tmp, out, overwrite)
 
 
 @contextlib.contextmanager

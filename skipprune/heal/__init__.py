@@ -29,7 +29,7 @@ from ..measure.perplexity import perplexity
 from ..measure.runner import input_device, load_model, pick_device, prepare, prepare_stock
 from ..measure.text import read_text, token_windows
 from ..records import RESULTS_FILE, ExportRecord, Healing, Verification
-from ..system import fsync_tree, placement_options
+from ..system import placement_options
 
 log = logging.getLogger(__name__)
 METHODS = ("distill", "lm")
@@ -253,40 +253,32 @@ def _write(
     from ..cards.card import write_card
 
     written = index_tensors(folder)
-    with pipeline._exclusive(out), pipeline._sigterm_cleans_up():
-        pipeline._clean_stale_partials(out)
-        tmp = out.parent / f".{out.name}{pipeline._PARTIAL}{os.getpid()}"
-        try:
-            tmp.mkdir()
-            for item in folder.iterdir():
-                if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, RESULTS_FILE):
-                    shutil.copyfile(item, tmp / item.name)
-            if (folder / INDEX_NAME).is_file():
-                shutil.copyfile(folder / INDEX_NAME, tmp / INDEX_NAME)
-            dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-            for shard in sorted({info.file.name for info in written.values()}):
-                tensors = {
-                    name: state[name].to(dtypes.get(info.dtype, state[name].dtype)).contiguous()
-                    for name, info in written.items()
-                    if info.file.name == shard
-                }
-                save_file(tensors, tmp / shard, metadata={"format": "pt"})
-            # every tensor as before in name, shape and dtype; the ones healing did not train, byte for byte
-            expected = [OutTensor(name, info, info.dtype) for name, info in written.items()]
-            structure = verify_structure(tmp, expected, changed=frozenset(trained))
-            structure.model_expects_them = record.verification.structure.model_expects_them
-            verification = Verification(
-                structure,
-                numerics_skipped="healed: its weights were trained, so its logits differ from the bypassed source's",
-            )
-            healed = dataclasses.replace(record, healing=healing, verification=verification)
-            healed.save(tmp)
-            write_card(tmp, healed, None, name=out.name)
-            fsync_tree(tmp)
-            pipeline._publish(tmp, out, overwrite)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    with pipeline.staging(out) as tmp:
+        for item in folder.iterdir():
+            if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, RESULTS_FILE):
+                shutil.copyfile(item, tmp / item.name)
+        if (folder / INDEX_NAME).is_file():
+            shutil.copyfile(folder / INDEX_NAME, tmp / INDEX_NAME)
+        dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+        for shard in sorted({info.file.name for info in written.values()}):
+            tensors = {
+                name: state[name].to(dtypes.get(info.dtype, state[name].dtype)).contiguous()
+                for name, info in written.items()
+                if info.file.name == shard
+            }
+            save_file(tensors, tmp / shard, metadata={"format": "pt"})
+        # every tensor as before in name, shape and dtype; the ones healing did not train, byte for byte
+        expected = [OutTensor(name, info, info.dtype) for name, info in written.items()]
+        structure = verify_structure(tmp, expected, changed=frozenset(trained))
+        structure.model_expects_them = record.verification.structure.model_expects_them
+        verification = Verification(
+            structure,
+            numerics_skipped="healed: its weights were trained, so its logits differ from the bypassed source's",
+        )
+        healed = dataclasses.replace(record, healing=healing, verification=verification)
+        healed.save(tmp)
+        write_card(tmp, healed, None, name=out.name)
+        pipeline.publish(tmp, out, overwrite)
     return healed
 
 

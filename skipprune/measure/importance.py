@@ -110,16 +110,18 @@ def _layer_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
     with _History(len(chunks)) as history:
 
         def observe(i, b, x, y):
-            if i == 0:
+            # block inputs that a later block's distance reads back: never the last block's output
+            if i == 0 and len(ang) > 1:
                 history.put(0, b, x)
-            history.put(i + 1, b, y)
+            if i + 1 < len(layers) and len(ang) > 1:
+                history.put(i + 1, b, y)
             mid = x + attn_delta[0]
             sums["attention"][i] += _cos(x, mid).sum().item()
             sums["mlp"][i] += _cos(mid, y).sum().item()
             sums["block"][i] += _cos(x, y).sum().item()
             for n, dist in ang.items():
                 if i + 1 - n >= 0:
-                    earlier = history.get(i + 1 - n, b).to(y.device)
+                    earlier = x if n == 1 else history.get(i + 1 - n, b).to(y.device)
                     dist[i + 1 - n] += (torch.arccos(_cos(earlier, y)) / math.pi).sum().item()
 
         handles = [getattr(layer, family.attention_out).register_forward_hook(keep_attention) for layer in layers]

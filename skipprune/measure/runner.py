@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MeasureError, SourceError, translated
+from ..export.anatomy import NoDecoderBlocks
 from ..export.remote import is_own_code
 from ..export.source import index_tensors, read_config, resolve_folder
 from ..prune.families import Family
@@ -120,8 +121,14 @@ def load_model(prepared: Prepared, device: str, device_map: str | None = None, m
             from ..export.offload import streaming_map
 
             log.info("%s: weights stay on disk, blocks are read one at a time", prepared.label)
+            try:
+                blocks = streaming_map(prepared.folder, prepared.trust)
+            except NoDecoderBlocks as e:
+                raise MeasureError(
+                    f"{prepared.label} cannot run block by block ({e}); use --device-map auto, or a larger device"
+                ) from None
             # loaded in the checkpoint's dtype: asking for fp32 here makes transformers read every weight now
-            options = {"dtype": "auto", "device_map": streaming_map(prepared.folder, prepared.trust)}
+            options = {"dtype": "auto", "device_map": blocks}
         else:
             options = {"dtype": "auto", "device_map": device_map, "max_memory": max_memory}
         options["offload_folder"] = offload

@@ -10,7 +10,7 @@ stand-in. A recording pass keeps what the model hands each block for each window
 position embeddings: whatever its forward computes); then each real block runs on those inputs for every
 window; a last pass hands the final hidden states to the model's own tail (norm, head, logit scaling or
 soft-capping). The arithmetic of each block is the stock one on the same inputs, so the logits equal a plain
-forward bit for bit (tests/test_stream.py checks this for every family of the test matrix).
+forward bit for bit (tests/test_all_families.py checks this for every family of the matrix).
 """
 
 from __future__ import annotations
