@@ -11,16 +11,19 @@ from .errors import SkippruneError
 from .export.pipeline import ExportResult, export
 from .heal import HealResult, heal
 from .measure.evaluate import analyze, evaluate, sweep
+from .measure.planning import SearchResult, search
 from .prune.plan import PrunePlan
-from .records import ExportRecord, Results
+from .records import ExportRecord, PlanFile, Results
 from .version import __version__
 
 __all__ = [
     "ExportRecord",
     "ExportResult",
     "HealResult",
+    "PlanFile",
     "PrunePlan",
     "Results",
+    "SearchResult",
     "SkippruneError",
     "__version__",
     "analyze",
@@ -28,5 +31,6 @@ __all__ = [
     "export",
     "heal",
     "push",
+    "search",
     "sweep",
 ]

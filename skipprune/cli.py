@@ -158,6 +158,7 @@ def main():
 @click.option("--drop-attn", metavar="SPEC", help=f"Remove the attention sublayer of these layers. {SPEC_HELP}")
 @click.option("--drop-mlp", metavar="SPEC", help="Remove the MLP sublayer of these layers.")
 @click.option("--drop-blocks", metavar="SPEC", help="Remove these whole decoder blocks.")
+@click.option("--plan", "plan_file", metavar="FILE", help="A plan file from `skipprune search` (instead of --drop-*).")
 @click.option("--keep-last-layer", is_flag=True, help="last:N specs take the N layers just before the final one.")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, e.g. 5GB, 500MB.")
 @click.option(
@@ -368,6 +369,10 @@ def analyze(
             data["suggestions"].append(
                 {"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": command}
             )
+        click.echo(
+            f"\n(one-shot guesses from cosines; for a plan chosen by measuring the model: skipprune search {model} "
+            f"--budget {target})"
+        )
     _write_json(json_path, data)
     if plot_path:
         from .measure.plots import plot_importance
@@ -387,6 +392,81 @@ def _importance_table(imp) -> str:
         )
     lines.append(f"({imp.tokens:,} calibration tokens; FFN cold regions: first {start}, last {end} layers)")
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("model")
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    required=True,
+    metavar="SPEC",
+    help="What to remove, all met: params:P%, attn:P% (= kv:P%), mlp:P%, latency:P%, blocks:N (repeat or comma).",
+)
+@click.option(
+    "--kinds",
+    metavar="LIST",
+    help="Candidates: attention, mlp, block (default: attention for attn budgets, mlp for mlp budgets, else all).",
+)
+@click.option("--keep", metavar="LAYERS", help="Never touch these source layers: first:N, last:N, indices, ranges.")
+@click.option(
+    "--objective",
+    type=click.Choice(["kl", "perplexity"]),
+    default="kl",
+    show_default=True,
+    help="kl: divergence from the source's next-token distribution; perplexity: next-token loss.",
+)
+@click.option("--text", metavar="FILE", help="Calibration text: a file, 'bundled' (default) or 'wikitext2'.")
+@click.option("--samples", type=click.IntRange(min=1), default=16, show_default=True, help="Calibration windows.")
+@click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True, help="Tokens per window.")
+@click.option("--eval-text", metavar="FILE", help="Held-out text: score the plan against one-shot strategies on it.")
+@click.option("--eval-samples", type=click.IntRange(min=1), help="Held-out windows (default: the whole text).")
+@click.option("--eval-seq-len", type=click.IntRange(min=2), default=256, show_default=True)
+@click.option(
+    "--format",
+    type=click.Choice(["default", "nemotron-nas"]),
+    default="default",
+    show_default=True,
+    help="nemotron-nas: propose only what the serving engines run, counting the stand-in FFNs' cost.",
+)
+@click.option("--swap/--no-swap", default=True, show_default=True, help="After greedy, exchange units while it helps.")
+@click.option(
+    "--screen",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="From step 2 on, measure every candidate on 2 windows, then the best K on all (0: every one on all).",
+)
+@click.option("--prompt-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="latency: prompt.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="latency: prompts per batch.")
+@device_option
+@spread_options()
+@click.option("--out", "out_path", type=OutputFile(), default="plan.json", show_default=True, help="The plan file.")
+@plot_option
+@trust_option
+def search(model, budgets, out_path, plot_path, device_map, max_memory, **options):
+    """Find which sublayers of MODEL to remove for a budget by measuring candidates on calibration text; write a
+    plan file for `skipprune export MODEL OUTPUT --plan FILE`."""
+    from .cards.card import search_table
+    from .measure.planning import search as run_search
+    from .prune.budget import parse_budgets, parse_keep, parse_kinds
+
+    parse_budgets(budgets)  # bad specs fail before any model is loaded
+    parse_kinds(options["kinds"])
+    if options["keep"]:
+        parse_keep(options["keep"], 10**6)
+    result = run_search(model, list(budgets), device_map=device_map, max_memory=max_memory, **options)
+    record = result.record.search
+    click.echo(f"{result.plan.describe()}\nobjective ({record.objective}): {record.objective_value:.5f} per token")
+    if record.comparison:
+        click.echo("\n" + search_table(record))
+    result.save(out_path)
+    click.echo(f"\nplan written to {out_path}; export it with\n  skipprune export {model} OUTPUT --plan {out_path}")
+    if plot_path:
+        from .cards.searchplot import write_search_png
+
+        click.echo(f"plot written to {write_search_png(record, plot_path, Path(model).name)}", err=True)
 
 
 @main.command()

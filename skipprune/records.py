@@ -2,6 +2,8 @@
 
 - `ExportRecord` (`skipprune.json`): what was removed from which source, and how the result was verified.
 - `Results` (`results.json`): what a model, and optionally its baseline, measured.
+- `PlanFile` (written by `skipprune search`): a plan, the model it fits, and how it was chosen (`PlanSearch`),
+  which `export --plan` carries into `skipprune.json` and the card.
 
 Both are versioned (`schema_version`) and symmetric (`save` / `load`, `to_dict` / `from_dict`). Loading checks
 every field's type before anything uses it, reads the previous schema version, refuses a newer one, and
@@ -21,6 +23,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import RecordError
 from .prune.plan import PrunePlan
+from .prune.search import Step
 from .system import write_text_durably
 from .version import __version__
 
@@ -93,6 +96,74 @@ class Healing:
 
 
 @dataclass
+class PlanScore:
+    """One row of a search's held-out table: a strategy's plan at the same budget, scored on the eval text."""
+
+    strategy: str  # "search", "greedy", "last-N", "one-shot measured", "lowest-importance", "best-window", ...
+    plan: PrunePlan
+    params_removed: float
+    latency_removed: float
+    perplexity: float
+
+
+@dataclass
+class PlanSearch:
+    """How a plan was chosen by `skipprune search`."""
+
+    objective: str  # "kl" (from the source's next-token distribution) or "perplexity"
+    objective_value: float  # mean per token over the calibration windows (nats)
+    text: str  # the calibration text, named, never a path
+    windows: int
+    seq_len: int
+    tokens: int
+    budgets: list[str]
+    kinds: list[str]
+    algorithm: str  # "greedy" or "greedy + swap"
+    steps: list[Step]
+    evaluations: int
+    forward_equivalents: float  # FLOP-weighted full forwards over the calibration windows
+    seconds: float
+    keep: list[int] = field(default_factory=list)
+    format: str = "default"
+    prompt_tokens: int = 1024  # the latency cost model's prompt length and batch
+    batch: int = 1
+    greedy_objective: float | None = None
+    peak_memory_bytes: int | None = None
+    eval_text: str | None = None
+    eval_windows: int | None = None
+    eval_seq_len: int | None = None
+    comparison: list[PlanScore] = field(default_factory=list)
+
+
+@dataclass
+class ModelShape:
+    """What a plan file's plan fits: a plan made for one model is refused for another."""
+
+    label: str
+    model_type: str
+    num_layers: int
+    hidden_size: int | None = None
+    vocab_size: int | None = None
+    params: int | None = None
+
+    def mismatch(self, config: dict, label: str) -> str | None:
+        """Why a model of `config` is not this one, or None."""
+        text = config.get("text_config", config)
+        theirs = {
+            "model_type": config.get("model_type"),
+            "num_layers": text.get("num_hidden_layers", text.get("n_layer")),
+            "hidden_size": text.get("hidden_size", text.get("n_embd")),
+            "vocab_size": text.get("vocab_size"),
+        }
+        diff = [
+            f"{k} {getattr(self, k)} vs {v}"
+            for k, v in theirs.items()
+            if getattr(self, k) is not None and v != getattr(self, k)
+        ]
+        return f"the plan was made for {self.label} and {label} differs ({', '.join(diff)})" if diff else None
+
+
+@dataclass
 class ByteCounts:
     source: int
     output: int
@@ -124,6 +195,7 @@ class ExportRecord(_Versioned):
     format: str = "default"  # or "nemotron-nas", the serving format
     zero_ffn_layers: list[int] = field(default_factory=list)  # output layers given an all-zero FFN (serving)
     healing: Healing | None = None
+    search: PlanSearch | None = None  # how the plan was chosen (export --plan FILE)
     adaptive_ffn_skip: dict | None = None
     ignored_tensors: list[str] = field(default_factory=list)  # source tensors the model never reads
     command: str | None = None  # how to reproduce it, without local paths
@@ -153,6 +225,37 @@ class ExportRecord(_Versioned):
         if not path.is_file():
             raise RecordError(f"{folder} has no {RECORD_FILE}; point at a folder written by `skipprune export`")
         return cls.from_dict(_read(path, "export again or restore the file"), str(path))
+
+
+# -- plan files ----------------------------------------------------------------------------------------------
+
+PLAN_KIND = "skipprune plan"
+
+
+@dataclass
+class PlanFile(_Versioned):
+    model: ModelShape
+    plan: PrunePlan
+    search: PlanSearch
+    kind: str = PLAN_KIND
+    skipprune_version: str = __version__
+    schema_version: int = SCHEMA_VERSION
+    FILE = "plan file"
+
+    def save(self, path: Path) -> Path:
+        return _save(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> PlanFile:
+        path = Path(path)
+        if not path.is_file():
+            raise RecordError(f"{path}: no such plan file; write one with `skipprune search MODEL --budget ...`")
+        data = _read(path, "write it again with `skipprune search`")
+        if not isinstance(data, dict) or data.get("kind") != PLAN_KIND:
+            raise RecordError(
+                f"{path} is not a skipprune plan file; write one with `skipprune search MODEL --budget ...`"
+            )
+        return cls.from_dict(data, str(path))
 
 
 # -- results.json --------------------------------------------------------------------------------------------

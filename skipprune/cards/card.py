@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..prune.plan import PrunePlan, format_indices
-from ..records import ExportRecord, Measurement, Results
+from ..records import ExportRecord, Measurement, PlanSearch, Results
 from ..system import write_text_durably
 
 CITATIONS = [
@@ -23,6 +23,7 @@ CITATIONS = [
 NOT_MEASURED = "not measured"
 LAYERS_PNG = "layers.png"
 IMPORTANCE_PNG = "importance.png"  # `skipprune analyze SOURCE --plot OUTPUT/importance.png` puts it there
+SEARCH_PNG = "search.png"  # the objective along the search, drawn from the record when the plan was searched
 
 TEMPLATE = """\
 ---
@@ -38,7 +39,7 @@ Pruned from {origin} with skipprune {version}: {description}.
 ![Attention and MLP of each source layer: kept, removed, or whole block removed]({layers_png})
 
 {layer_table}
-{importance}
+{importance}{search}
 ## Scores
 
 {scores}
@@ -86,6 +87,7 @@ def render_card(record: ExportRecord, results: Results | None, name: str, import
         layers_png=LAYERS_PNG,
         layer_table=_layer_table(plan),
         importance=_importance(importance_png),
+        search=_search(record.search),
         scores=_scores(results),
         adaptive=_adaptive(record.adaptive_ffn_skip),
         healing=_healing(record),
@@ -249,6 +251,47 @@ def _adaptive(settings: dict | None) -> str:
     )
 
 
+def _search(search: PlanSearch | None) -> str:
+    if search is None:
+        return ""
+    keep = f", layers {format_indices(search.keep)} never touched" if search.keep else ""
+    fmt_note = ", only what the serving engines run" if search.format == "nemotron-nas" else ""
+    objective = (
+        "KL divergence from the source's next-token distribution"
+        if search.objective == "kl"
+        else "next-token loss (log perplexity)"
+    )
+    text = (
+        f"\n## How the plan was chosen\n\nMeasured, not guessed: `skipprune search` ({search.algorithm}) removed "
+        f"one candidate at a time ({', '.join(search.kinds)}{keep}{fmt_note}), each time the one that raised the "
+        f"{objective} least, on {search.windows} windows of {search.seq_len} tokens of {search.text}, until the budget "
+        f"{', '.join(search.budgets)} was met; {len(search.steps)} steps, {search.evaluations} candidates measured "
+        f"({search.forward_equivalents:g} forward-equivalents, {search.seconds:.0f} s). Final objective: "
+        f"{search.objective_value:.4f} nats per token.\n\n"
+        f"![The objective after each step of the search]({SEARCH_PNG})\n"
+    )
+    if search.comparison:
+        text += (
+            f"\nHeld-out perplexity at the same budget ({search.eval_windows} windows of {search.eval_seq_len} tokens "
+            f"of {search.eval_text}, never used to choose):\n\n{search_table(search)}\n"
+        )
+    return text
+
+
+def search_table(search: PlanSearch) -> str:
+    """The held-out comparison of a search, as Markdown: the found plan against one-shot strategies."""
+    lines = [
+        "| strategy | removes (source layers) | params removed | prefill FLOPs removed | held-out perplexity |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in search.comparison:
+        what = r.plan.describe().removeprefix("remove ").split(" (source numbering")[0]
+        lines.append(
+            f"| {r.strategy} | {what} | {r.params_removed:.1%} | {r.latency_removed:.1%} | {r.perplexity:.2f} |"
+        )
+    return "\n".join(lines)
+
+
 # -- the scores table ----------------------------------------------------------------------------------------
 
 
@@ -373,6 +416,10 @@ def write_card(folder: Path, record: ExportRecord, results: Results | None, name
     folder = Path(folder)
     name = name or folder.name
     write_layers_png(record.plan, folder / LAYERS_PNG, name)
+    if record.search is not None:
+        from .searchplot import write_search_png
+
+        write_search_png(record.search, folder / SEARCH_PNG, name)
     path = folder / "README.md"
     write_text_durably(path, render_card(record, results, name, (folder / IMPORTANCE_PNG).is_file()))
     return path

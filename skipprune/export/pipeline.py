@@ -31,7 +31,7 @@ from ..cards.card import write_card
 from ..errors import OutputError, PlanError, translated
 from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.plan import PrunePlan, format_indices
-from ..records import ByteCounts, ExportRecord, SourceRef, Verification
+from ..records import ByteCounts, ExportRecord, PlanFile, SourceRef, Verification
 from ..system import Flusher, available_memory, fsync_path, fsync_tree, placement_options
 from . import anatomy, layout, nas, verify
 from .remote import NAS_FILES, REMOTE_FILES
@@ -72,6 +72,7 @@ def export(
     format: str = "default",
     card: bool = True,
     command: str | None = None,
+    plan_file: str | os.PathLike | None = None,
 ) -> ExportResult:
     """Write a copy of `source` without the sublayers the plan removes.
 
@@ -82,7 +83,8 @@ def export(
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
     may then be empty. `format="nemotron-nas"` writes the serving format (see skipprune.export.nas) that vLLM,
     SGLang, TensorRT-LLM and llama.cpp load. `command` overrides the reproduce line of the records (built from
-    the arguments).
+    the arguments). `plan_file`: a plan file from `skipprune search`, instead of a plan or SPECs; how the plan
+    was chosen goes into the records and the card.
     """
     if dtype not in DTYPES:
         raise PlanError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
@@ -94,8 +96,17 @@ def export(
     adaptive = parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
     _check_output_parent(out)
+    searched = None
+    if plan_file is not None:
+        if plan is not None or drop_attn or drop_mlp or drop_blocks or keep_last_layer:
+            raise PlanError("give either --plan FILE or --drop-attn/--drop-mlp/--drop-blocks, not both")
+        searched = PlanFile.load(Path(plan_file))
     src = open_source(str(source), revision, check_config=anatomy.check_config)
     _check_output(out, src.path, overwrite)
+    if searched is not None:
+        if why := searched.model.mismatch(src.config, src.label):
+            raise PlanError(f"{Path(plan_file).name}: {why}; run `skipprune search` on {src.label}")
+        plan = searched.plan
     if plan is None:
         plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer)
         specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer)
@@ -146,6 +157,7 @@ def export(
             ignored_tensors=ignored,
             command=command,
             transformers_version=version("transformers"),
+            search=searched.search if searched else None,
         )
         with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
             record.save(tmp)

@@ -27,7 +27,7 @@ from ..export.verify import verify_structure
 from ..export.writer import INDEX_NAME, OutTensor
 from ..measure.perplexity import perplexity
 from ..measure.runner import input_device, load_model, pick_device, prepare, prepare_stock
-from ..measure.text import read_text, token_windows
+from ..measure.text import overlap, read_text, token_windows
 from ..records import RESULTS_FILE, ExportRecord, Healing, Verification
 from ..system import placement_options
 
@@ -91,7 +91,7 @@ def heal(
         )
     train, train_name = read_text(text)
     held_out, score_name = read_text(score_text)
-    if _overlap(held_out, train) > 0.05:
+    if overlap(held_out, train) > 0.05:
         raise MeasureError(
             f"the scoring text ({score_name}) overlaps the healing text ({train_name}): scores would be on training "
             "data; pass another --score-text"
@@ -158,15 +158,6 @@ def heal(
     )
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return HealResult(out, _write(folder, out, record, healing, state, trained, overwrite), curve)
-
-
-def _overlap(scored: str, trained: str) -> float:
-    """The share of the scoring text's lines (of some length: not speaker names or blank lines) that also occur
-    in the healing text."""
-    lines = {line.strip() for line in scored.splitlines() if len(line.strip()) > 20}
-    if not lines:
-        return 1.0 if scored.strip() in trained else 0.0
-    return len(lines & {line.strip() for line in trained.splitlines()}) / len(lines)
 
 
 def _lr(lr: float | None, lora_rank: int | None) -> float:

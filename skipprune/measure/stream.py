@@ -125,7 +125,7 @@ class LayerMajor:
                 self.blocks[i] = block
 
     @contextmanager
-    def _head(self):
+    def head_held(self):
         """The weights outside the blocks (embeddings, final norm, head), held for a whole pass."""
         inside = {id(m) for block in self.blocks for m in block.modules()}
         with ExitStack() as stack:
@@ -144,9 +144,10 @@ class LayerMajor:
             return lambda h: (h, *rest)
         return lambda h: h
 
-    def run(self, observe: Callable | None = None) -> None:
-        import torch
-
+    def record(self, first: ExitStack) -> list[list]:
+        """What the model hands each block for each batch: `inputs[i][b] = (args, kwargs)`, the hidden states in
+        them being block 0's input for every i (only the other inputs are meant to be read from i > 0). Block 0
+        runs once here to learn the form of a block's output, and stays held in `first`."""
         n = len(self.blocks)
         inputs: list[list] = [[None] * len(self.batches) for _ in range(n)]
 
@@ -159,16 +160,23 @@ class LayerMajor:
 
             return act
 
+        with self.head_held():
+            with self._standing([record(0, 0, None)]), suppress(_Stop):
+                self._forward(self.batches[0])
+            first.enter_context(held(self.blocks[0]))
+            form = self.form = self._output_form(inputs[0][0])
+            for b, ids in enumerate(self.batches):
+                with self._standing([record(i, b, form) for i in range(n)]), suppress(_Stop):
+                    self._forward(ids)
+        return inputs
+
+    def run(self, observe: Callable | None = None) -> None:
+        import torch
+
+        n = len(self.blocks)
         first = ExitStack()  # block 0 runs once to learn the output form, then again for every batch
         with torch.no_grad(), first:
-            with self._head():
-                with self._standing([record(0, 0, None)]), suppress(_Stop):
-                    self._forward(self.batches[0])
-                first.enter_context(held(self.blocks[0]))
-                form = self.form = self._output_form(inputs[0][0])
-                for b, ids in enumerate(self.batches):
-                    with self._standing([record(i, b, form) for i in range(n)]), suppress(_Stop):
-                        self._forward(ids)
+            inputs = self.record(first)
             hidden = [_hidden(*inputs[0][b]) for b in range(len(self.batches))]
             with tqdm(total=n, desc=self.desc, unit="block", disable=None, leave=False) as bar:
                 for i, block in enumerate(self.blocks):
@@ -186,13 +194,18 @@ class LayerMajor:
                     bar.update(1)
         self.final = hidden
 
+    def tail(self, b: int, final):
+        """Batch b's logits from the model's own tail (norm, head, logit scaling) on its final hidden states
+        `final`; call inside `torch.no_grad()` and `head_held()`."""
+        n, form = len(self.blocks), self.form
+        acts = [lambda a, k: form(final)] + [lambda a, k: form(_hidden(a, k))] * (n - 1)
+        with self._standing(acts):
+            return self._forward(self.batches[b]).logits
+
     def logits(self, each: Callable) -> None:
         """`each(b, logits)` for every batch, from the model's own tail on the final hidden states."""
         import torch
 
-        n, form = len(self.blocks), self.form
-        with torch.no_grad(), self._head():
-            for b, ids in enumerate(self.batches):
-                acts = [lambda a, k, b=b: form(self.final[b])] + [lambda a, k: form(_hidden(a, k))] * (n - 1)
-                with self._standing(acts):
-                    each(b, self._forward(ids).logits)
+        with torch.no_grad(), self.head_held():
+            for b in range(len(self.batches)):
+                each(b, self.tail(b, self.final[b]))

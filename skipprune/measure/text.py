@@ -60,3 +60,12 @@ def token_windows(tokenizer, text: str, seq_len: int, samples: int | None = None
         )
     count = min(count, samples) if samples else count
     return ids[: count * seq_len].view(count, seq_len)
+
+
+def overlap(scored: str, trained: str) -> float:
+    """The share of the scoring text's lines (of some length: not speaker names or blank lines) that also occur
+    in the other (training, calibration) text."""
+    lines = {line.strip() for line in scored.splitlines() if len(line.strip()) > 20}
+    if not lines:
+        return 1.0 if scored.strip() in trained else 0.0
+    return len(lines & {line.strip() for line in trained.splitlines()}) / len(lines)
