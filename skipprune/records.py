@@ -395,7 +395,8 @@ def _decode(tp, value, path: str, where: str):
     try:
         return _value(tp, value, path)
     except _Bad as e:
-        raise RecordError(f"{where}: {e}; write the file again with skipprune (export, or eval --json)") from None
+        fix = "write the file again with skipprune (export, eval --json or search)"
+        raise RecordError(f"{where}: {e}; {fix}") from None
 
 
 def _value(tp, value, path: str):

@@ -272,8 +272,8 @@ def _search(search: PlanSearch | None) -> str:
     )
     if search.comparison:
         text += (
-            f"\nHeld-out perplexity at the same budget ({search.eval_windows} windows of {search.eval_seq_len} tokens "
-            f"of {search.eval_text}, never used to choose):\n\n{search_table(search)}\n"
+            f"\nHeld-out perplexity at the same budget, on text the search never saw: {search.eval_text}, "
+            f"{search.eval_windows} windows of {search.eval_seq_len} tokens.\n\n{search_table(search)}\n"
         )
     return text
 

@@ -16,7 +16,16 @@ from tqdm.auto import tqdm
 
 from ..errors import MeasureError, PlanError
 from ..export import nas
-from ..prune.budget import Costs, check_reachable, met, parse_budgets, parse_keep, parse_kinds, shares
+from ..prune.budget import (
+    Costs,
+    check_reachable,
+    check_within_reach,
+    met,
+    parse_budgets,
+    parse_keep,
+    parse_kinds,
+    shares,
+)
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from ..prune.search import Move, Search, one_shot_plan
@@ -96,9 +105,16 @@ def search(
     serving = format == "nemotron-nas"
     if serving:
         nas.check(prepared.config, PrunePlan(prepared_layers(prepared.config)), family, None)
+    if text in (None, "bundled"):
+        log.info(
+            "calibrating on %s, which `eval` scores on by default: pass --text with other text to keep the choice "
+            "apart from the evaluation",
+            text_name,
+        )
     windows = token_windows(prepared.tokenizer, calibration, seq_len, samples)
     loaded = load_model(prepared, pick_device(device), device_map, max_memory)
     costs = model_costs(loaded, family, prepared.config, prompt_tokens, batch, serving)
+    check_within_reach(budgets, costs, candidate_kinds, keep_layers)
     started = time.perf_counter()
     log.info(
         "searching %s for %s over %d windows of %d tokens (objective: %s) ...",
@@ -116,9 +132,14 @@ def search(
 
     with (
         PrefixObjective(loaded, family, windows, objective, batch_windows) as measured,
-        tqdm(desc="search", unit="candidate", disable=None, leave=False, file=sys.stderr) as bar,
+        tqdm(desc="search step 1", unit="candidate", disable=None, leave=False, file=sys.stderr) as bar,
     ):
-        found = Search(measured, costs, budgets, candidate_kinds, keep_layers, allowed, bar.update, screen or None)
+
+        def tick() -> None:
+            bar.set_description(f"search {found.phase}", refresh=False)
+            bar.update()
+
+        found = Search(measured, costs, budgets, candidate_kinds, keep_layers, allowed, tick, screen or None)
         outcome = found.run(swap=swap)
         shape_config = prepared.config.get("text_config", prepared.config)
         head = int(shape_config.get("vocab_size") or 0) * int(shape_config.get("hidden_size") or 0)

@@ -201,6 +201,28 @@ def check_reachable(budgets: list[Budget], num_layers: int, keep: frozenset[int]
             raise PlanError(f"--budget {b.spec} cannot be met with --kinds {','.join(kinds)}; allow {needs[b.kind][0]}")
 
 
+def check_within_reach(budgets: list[Budget], costs: Costs, kinds: tuple[str, ...], keep: frozenset[int]) -> None:
+    """Refuse, before measuring, budgets that even removing every allowed unit would not meet."""
+    n = costs.num_layers
+    free = set(range(n)) - keep
+    attn = free if {"attention", "block"} & set(kinds) else set()
+    mlp = free if {"mlp", "block"} & set(kinds) else set()
+    if attn and len(attn) == n:  # one attention stays; its layer keeps its MLP too unless MLPs alone may go
+        spare = min(attn, key=lambda i: costs.attention_params[i])
+        attn = attn - {spare}
+        mlp = mlp - {spare} if "mlp" not in kinds else mlp
+    most = PrunePlan(n, attn, mlp)
+    short = [b for b in budgets if amount(b, most, costs) < target(b, n) - 1e-12]
+    if short:
+        reach = ", ".join(f"{b.kind} {amount(b, most, costs):.0%}" for b in short if b.kind in ("params", "latency"))
+        raise PlanError(
+            f"--budget {', '.join(b.spec for b in short)} cannot be met with --kinds {','.join(kinds)}"
+            + (f" (at most {reach})" if reach else "")
+            + (f" and --keep sparing {len(keep)} layers" if keep else "")
+            + ": allow more kinds, keep fewer layers, or lower the budget"
+        )
+
+
 def shares(plan: PrunePlan, costs: Costs) -> dict:
     """What a plan removes, for records and tables."""
     return {

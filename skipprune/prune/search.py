@@ -16,12 +16,14 @@ candidate in a fixed order (kind, then layer), whatever order they were measured
 before most windows are measured (one window is a sixteenth of the sum), so exact greedy measures nearly every
 candidate in full at every step; screening (the default in `skipprune search`) trades that for speed: from
 step 2 on, every option is first measured on the first two calibration windows only, and the few best of those
-in full. The choice is then greedy's whenever greedy's winner screens among them.
+in full; the choice is then greedy's whenever greedy's winner screens among them. A screened swap pass only
+brings in the candidates that scored best when last measured.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -136,6 +138,7 @@ class Search:
         self.n = costs.num_layers
         self.screen, self.screen_batches = screen, screen_batches
         self.evaluations = 0  # measured in full
+        self.phase = "step 1"  # for a progress bar
 
     # -- candidates ----------------------------------------------------------------------------------------
 
@@ -194,14 +197,23 @@ class Search:
             _, mv, current, plan, start = chosen
             self.objective.commit(plan, start)
             steps.append(self._step(len(steps) + 1, f"remove {mv}", plan, current, counts, started))
-            log.info("step %d: remove %s -> objective %.5f", len(steps), mv, current)
+            left = self._steps_left(plan, len(steps))
+            log.info(
+                "step %d: remove %s -> objective %.5f (%d candidates, %.0f s)%s",
+                len(steps), mv, current, len(options), steps[-1].seconds,
+                f"; about {left} more step(s), {left * steps[-1].seconds:.0f} s, before the swap pass" if left else "",
+            )  # fmt: skip
+            self.phase = f"step {len(steps) + 1}"
         greedy, greedy_plan = current, plan
+        swaps = 0
         while swap:
+            swaps += 1
+            self.phase = f"swap pass {swaps}"
             started = time.perf_counter()
             options = []
             for out in self.restorations(plan):
                 base = out.restore(plan)
-                for into in self.removals(base):
+                for into in self._runners_up(self.removals(base), order):
                     new = into.remove(base)
                     if into != out and new != plan and met(self.budgets, new, self.costs):
                         options.append(((out, into), new, min(out.layer, into.layer), 1.0))
@@ -214,6 +226,24 @@ class Search:
             steps.append(self._step(len(steps) + 1, move, plan, current, counts, started))
             log.info("step %d: %s -> objective %.5f", len(steps), move, current)
         return Outcome(plan, current, steps, one_shot, greedy, greedy_plan)
+
+    def _steps_left(self, plan: PrunePlan, done: int) -> int:
+        """About how many greedy steps remain: for each unmet budget, what is still needed over the mean gain of
+        the steps so far."""
+        left = 0
+        for b in self.budgets:
+            have = amount(b, plan, self.costs)
+            need = target(b, self.n) - have
+            if need > 1e-12:
+                left = max(left, math.ceil(need / (have / done)) if have > 0 else 1)
+        return left
+
+    def _runners_up(self, moves: list[Move], order: dict) -> list[Move]:
+        """What a swap may bring in: with screening, the 2 x `screen` moves that scored best when last measured
+        (the greedy steps' runners-up); otherwise every move."""
+        if not self.screen:
+            return moves
+        return sorted(moves, key=lambda mv: (order.get(mv, float("inf")), mv))[: 2 * self.screen]
 
     def _choose(self, plan, current: float, options: list, order: dict, full: bool = False, ceiling=None):
         """The option (key, plan, first changed layer, progress) with the lowest score (rise of the objective per
