@@ -111,7 +111,6 @@ def test_the_bound_only_ever_abandons_losers(family_sources):
         value = prefix.value(PrunePlan(6, {0}), 0)
         assert prefix.value(PrunePlan(6, {0}), 0, bound=value) == value  # equal to the bound: kept
         assert prefix.value(PrunePlan(6, {0}), 0, bound=value * 0.999) is None
-        assert prefix.value(PrunePlan(6, {0}), 0, bound=value * 0.5, batches=1) is None or True
         partial = prefix.value(PrunePlan(6, {0}), 0, batches=2)  # the first two windows only
     assert partial != value and partial > 0
 

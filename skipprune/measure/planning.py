@@ -100,11 +100,12 @@ def search(
             )
     device_map, max_memory = placement_options(device_map, max_memory)
     prepared, family = prepare_stock(model, device, trust_remote_code, spread=device_map is not None)
-    keep_layers = parse_keep(keep, prepared_layers(prepared.config))
-    check_reachable(budgets, prepared_layers(prepared.config), keep_layers, candidate_kinds)
+    num_layers = prepared_layers(prepared.config)
+    keep_layers = parse_keep(keep, num_layers)
+    check_reachable(budgets, num_layers, keep_layers, candidate_kinds)
     serving = format == "nemotron-nas"
     if serving:
-        nas.check(prepared.config, PrunePlan(prepared_layers(prepared.config)), family, None)
+        nas.check(prepared.config, PrunePlan(num_layers), family, None)
     if text in (None, "bundled"):
         log.info(
             "calibrating on %s, which `eval` scores on by default: pass --text with other text to keep the choice "
