@@ -28,7 +28,7 @@ from ..prune.budget import (
 )
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
-from ..prune.search import Move, Search, one_shot_plan
+from ..prune.search import Move, Search
 from ..records import ModelShape, PlanFile, PlanScore, PlanSearch
 from ..system import placement_options
 from .importance import measure_importance
@@ -264,8 +264,8 @@ def _strategies(model, family: Family, windows, outcome, found: Search) -> list[
     kind = _one_kind(found)
     n = found.n
     free = [i for i in range(n) if i not in found.keep]
-    out.append((f"last-N ({_KIND_WORD[kind]})", _take([Move.of(kind, i) for i in reversed(free)], found)))
-    out.append(("one-shot measured", one_shot_plan(outcome.one_shot, found)))
+    out.append((f"last-N ({_KIND_WORD[kind]})", found.take([Move.of(kind, i) for i in reversed(free)])))
+    out.append(("one-shot measured", found.take([mv for mv, _ in outcome.one_shot])))
     imp = measure_importance(model, family, windows)
     score = {
         "attention": lambda i: -imp.attention_cos[i],
@@ -273,7 +273,7 @@ def _strategies(model, family: Family, windows, outcome, found: Search) -> list[
         "block": lambda i: imp.block_influence[i],
     }[kind]
     out.append(
-        (f"lowest-importance ({_KIND_WORD[kind]})", _take([Move.of(kind, i) for i in sorted(free, key=score)], found))
+        (f"lowest-importance ({_KIND_WORD[kind]})", found.take([Move.of(kind, i) for i in sorted(free, key=score)]))
     )
     if kind == "block":
         out.append(("best-window (blocks)", _best_window(imp, found)))
@@ -293,17 +293,6 @@ def _one_kind(found: Search) -> str:
     return "block" if "block" in found.kinds else found.kinds[0]
 
 
-def _take(moves: list[Move], found: Search) -> PrunePlan | None:
-    plan = PrunePlan(found.n)
-    for mv in moves:
-        if met(found.budgets, plan, found.costs):
-            break
-        new = mv.remove(plan)
-        if found._ok(new):
-            plan = new
-    return plan if met(found.budgets, plan, found.costs) else None
-
-
 def _best_window(imp, found: Search) -> PrunePlan | None:
     for size in range(1, found.n):
         dists = imp.angular.get(size)
@@ -314,7 +303,7 @@ def _best_window(imp, found: Search) -> PrunePlan | None:
             continue
         s = min(starts, key=dists.__getitem__)
         plan = PrunePlan(found.n, set(range(s, s + size)), set(range(s, s + size)))
-        if met(found.budgets, plan, found.costs) and found._ok(plan):
+        if met(found.budgets, plan, found.costs) and found.allows(plan):
             return plan
     return None
 

@@ -151,7 +151,7 @@ class Search:
                 if i in self.keep:
                     continue
                 free = {"attention": i not in a, "mlp": i not in m, "block": i not in a and i not in m}[kind]
-                if free and self._ok(Move.of(kind, i).remove(plan)):
+                if free and self.allows(Move.of(kind, i).remove(plan)):
                     moves.append(Move.of(kind, i))
         return moves
 
@@ -161,7 +161,7 @@ class Search:
         units += [Move.of("block", i) for i in a & m]
         return sorted(u for u in units if fits_kinds(u.restore(plan), self.kinds))
 
-    def _ok(self, plan: PrunePlan) -> bool:
+    def allows(self, plan: PrunePlan) -> bool:
         if not fits_kinds(plan, self.kinds):
             return False
         try:
@@ -226,6 +226,18 @@ class Search:
             steps.append(self._step(len(steps) + 1, move, plan, current, counts, started))
             log.info("step %d: %s -> objective %.5f", len(steps), move, current)
         return Outcome(plan, current, steps, one_shot, greedy, greedy_plan)
+
+    def take(self, moves: list[Move]) -> PrunePlan | None:
+        """A one-shot plan: `moves` in their order, each kept if it helps an unmet budget and is allowed, until
+        every budget is met; None when they run out first."""
+        plan = PrunePlan(self.n)
+        for mv in moves:
+            if met(self.budgets, plan, self.costs):
+                break
+            new = mv.remove(plan)
+            if progress(self.budgets, plan, new, self.costs) > 0 and self.allows(new):
+                plan = new
+        return plan if met(self.budgets, plan, self.costs) else None
 
     def _steps_left(self, plan: PrunePlan, done: int) -> int:
         """About how many greedy steps remain: for each unmet budget, what is still needed over the mean gain of
@@ -297,17 +309,3 @@ class Search:
             + (f", {len(self.keep)} layers kept" if self.keep else "")
             + "): allow more --kinds, keep fewer layers, or lower the budget"
         )
-
-
-def one_shot_plan(
-    ranking: list[tuple[Move, float]], search: Search
-) -> PrunePlan | None:  # the "measured one-shot" strategy
-    """Take candidates in the order of their objective when removed alone until every budget is met."""
-    plan = PrunePlan(search.n)
-    for mv, _ in ranking:
-        if met(search.budgets, plan, search.costs):
-            break
-        new = mv.remove(plan)
-        if new != plan and progress(search.budgets, plan, new, search.costs) > 0 and search._ok(new):
-            plan = new
-    return plan if met(search.budgets, plan, search.costs) else None
