@@ -333,6 +333,7 @@ def test_bad_plan_files_are_one_line_errors(searched, tokenized, tmp_path, famil
 
 def test_cli_search_and_its_errors(tokenized, tmp_path):
     plan = tmp_path / "p.json"
+    (tmp_path / "short.txt").write_text("zqxj vbnm")
     proc = run(
         "search", tokenized, "--budget", "attn:34%", "--text", "bundled", "--samples", "2", "--seq-len", "16",
         "--out", plan, "--plot", tmp_path / "s.png",
@@ -345,6 +346,7 @@ def test_cli_search_and_its_errors(tokenized, tmp_path):
         (("--budget", "attn:40%", "--kinds", "heads"), "--kinds"),
         (("--budget", "attn:40%", "--text", tmp_path / "none.txt"), "no such file"),
         (("--budget", "attn:40%", "--eval-text", "bundled"), "overlaps the calibration text"),
+        (("--budget", "attn:40%", "--eval-text", tmp_path / "short.txt"), "fewer than one window"),
         (("--budget", "blocks:6"), "at most 5 can go"),
     ]:
         assert_clean_failure(run("search", tokenized, "--samples", "2", "--seq-len", "16", *args), needle)

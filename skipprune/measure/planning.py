@@ -37,7 +37,7 @@ from .prefix import OBJECTIVES, PrefixObjective
 from .runner import load_model, pick_device, prepare_stock
 from .speed import count_params
 from .sweep import removed_in_place
-from .text import check_text_arg, overlap, read_text, token_windows
+from .text import overlap, read_text, token_windows
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,6 @@ def search(
         raise PlanError(f"unknown format {format!r}: use {' or '.join(nas.FORMATS)}")
     if min(samples, seq_len - 1, prompt_tokens, batch, batch_windows) < 1:
         raise PlanError("--samples, --prompt-tokens, --batch must be at least 1 and --seq-len at least 2")
-    check_text_arg(text)
-    check_text_arg(eval_text)
     calibration, text_name = read_text(text)
     held_out = eval_name = None
     if eval_text is not None:
@@ -106,13 +104,14 @@ def search(
     serving = format == "nemotron-nas"
     if serving:
         nas.check(prepared.config, PrunePlan(num_layers), family, None)
+    windows = token_windows(prepared.tokenizer, calibration, seq_len, samples)
+    eval_windows = None if held_out is None else token_windows(prepared.tokenizer, held_out, eval_seq_len, eval_samples)
     if text in (None, "bundled"):
         log.info(
             "calibrating on %s, which `eval` scores on by default: pass --text with other text to keep the choice "
             "apart from the evaluation",
             text_name,
         )
-    windows = token_windows(prepared.tokenizer, calibration, seq_len, samples)
     loaded = load_model(prepared, pick_device(device), device_map, max_memory)
     costs = model_costs(loaded, family, prepared.config, prompt_tokens, batch, serving)
     check_within_reach(budgets, costs, candidate_kinds, keep_layers)
@@ -151,9 +150,8 @@ def search(
         "found in %.0f s (%d candidates measured, %.1f forward-equivalents): %s",
         seconds, evaluations, forward_equivalents, outcome.plan.describe(),
     )  # fmt: skip
-    comparison, eval_windows = [], None
-    if held_out is not None:
-        eval_windows = token_windows(prepared.tokenizer, held_out, eval_seq_len, eval_samples)
+    comparison = []
+    if eval_windows is not None:
         strategies = _strategies(loaded, family, windows, outcome, found)
         comparison = _score(loaded, family, eval_windows, eval_name, strategies, costs)
     record = PlanSearch(
