@@ -65,6 +65,7 @@ SUBLAYERS = sorted(
         "gpt2",
         "gpt_bigcode",
         "gpt_neo",
+        "gpt_neox",
         "granite",
         "helium",
         "internlm3",
@@ -83,9 +84,9 @@ SUBLAYERS = sorted(
     ]
 )
 # Whole blocks only: blocks that do not split into one attention and one MLP module (state-space and hybrid
-# models among them), or a head transformers' conversions rename in skipprune's modeling file (gpt_neox).
+# models among them).
 BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "mamba", "qwen3_5"]
-BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY + ["gpt_neox"])
+BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY)
 
 
 def tiny_source(folder, model_type: str):

@@ -256,7 +256,8 @@ def _family(config_json: str, split: bool = True):
     prefixes = {re.match(r"(.*\.)0\.", name)[1] for name in checkpoint_names(model, state)}
     where = {"layers_path": path, "weights_prefix": prefixes.pop() if len(prefixes) == 1 else ""}
     text_type = text.get("model_type", model_type)
-    where["wrapped"] = text is not config
+    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{path}.")}
+    where["renamed"] = text is not config or set(checkpoint_names(model, rest)) != set(rest)
     if not split:
         return Family(model_type, **where, no_sublayers="not studied (only whole blocks were asked for)")
     derived = _split(text_type, json.dumps(text, sort_keys=True))

@@ -129,8 +129,8 @@ def export(
     config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
     zero_ffn = nas.zero_ffn_layers(plan) if serving else []
     keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
-    # Inside a multimodal wrapper, skipprune's modeling file takes the weights under the loaded model's names.
-    rename = anatomy.model_names(src.config) if family.wrapped and not stock and not serving else None
+    # Where the stock class renames weights on load, skipprune's modeling file takes them under the loaded names.
+    rename = anatomy.model_names(src.config) if family.renamed and not stock and not serving else None
     tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
     tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
     command = command or _command(src, out.name, specs, dtype, adaptive, format)

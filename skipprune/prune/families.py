@@ -32,8 +32,10 @@ class Family:
     weights_prefix: str = ""
     attention_weights: tuple[str, ...] = ()
     mlp_weights: tuple[str, ...] = ()
-    # A multimodal wrapper: its language model's blocks are at `layers_path` inside it.
-    wrapped: bool = False
+    # transformers renames weights outside the blocks on load by the stock class itself (a multimodal wrapper's
+    # `language_model.model.*`, GPT-NeoX's `embed_out`): skipprune's modeling file is another class, so an export
+    # that uses it stores those weights under the loaded model's names.
+    renamed: bool = False
 
     @property
     def layers_prefix(self) -> str:
