@@ -56,7 +56,15 @@ def _fail(message: str, code: int):
 
 
 class _Progress(logging.Handler):
+    """Progress lines on stderr; `note` (the thread choice) goes before the first one, so a command that fails
+    on bad input still prints one line."""
+
+    note: str | None = None
+
     def emit(self, record):
+        if self.note:
+            click.echo(self.note, err=True)
+            self.note = None
         click.echo(record.getMessage(), err=True)
 
 
@@ -140,16 +148,46 @@ def _write_json(path: Path | None, data) -> None:
         click.echo(f"written to {path}", err=True)
 
 
+# Commands that run a model: they get a thread count and transformers' loading bars are quietened.
+_COMPUTE = {"export", "heal", "eval", "analyze", "search", "sweep", "demo"}
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="skipprune")
-def main():
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch (default: OMP_NUM_THREADS, else one per core other processes leave free).",
+)
+@click.pass_context
+def main(ctx, threads):
     """Physically delete attention sublayers, MLP sublayers or whole blocks from a Hugging Face causal LM."""
     # SIGTERM unwinds like Ctrl-C, so whatever is half-written is removed on the way out (exit status 143).
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     logger = logging.getLogger("skipprune")
-    if not any(isinstance(h, _Progress) for h in logger.handlers):
-        logger.addHandler(_Progress())
+    progress = next((h for h in logger.handlers if isinstance(h, _Progress)), None)
+    if progress is None:
+        logger.addHandler(progress := _Progress())
     logger.setLevel(logging.INFO)
+    if ctx.invoked_subcommand in _COMPUTE and "--help" not in sys.argv:
+        from .system import set_threads
+
+        progress.note = set_threads(threads)
+        _quiet_loading_bars()
+
+
+def _quiet_loading_bars() -> None:
+    """transformers draws a "Loading weights" bar for every model it loads, 2 to 4 per command; show one only
+    when the load takes more than 2 seconds."""
+    from transformers.utils import logging as hf_logging
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "delay": 2}
+        return factory(*args, **kwargs)
+
+    if hasattr(hf_logging, "set_tqdm_hook"):
+        hf_logging.set_tqdm_hook(hook)
 
 
 @main.command()

@@ -93,6 +93,8 @@ class Healing:
     score_text: str | None = None  # held-out text of the scores below (never the training text)
     perplexity: dict[str, float] = field(default_factory=dict)  # source / pruned / healed on score_text
     tensors_trained: int = 0
+    score_seq_len: int | None = None  # the scoring windows' length in tokens
+    command: str | None = None  # the heal command that reproduces it (names, never paths)
 
 
 @dataclass
@@ -289,6 +291,7 @@ class Speed:
     decode_tokens: int = 128
     decode_tokens_per_s: float | None = None
     peak_generation_memory_bytes: int | None = None  # where the device reports it (CUDA)
+    threads: int | None = None  # torch's CPU threads during the timing
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +21,62 @@ def available_memory() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def busy_cores(seconds: float = 0.2) -> float | None:
+    """How many of the CPUs this process may use other processes kept busy over the next `seconds` (this
+    process sleeps meanwhile), from Linux's /proc/stat; None where that cannot be read."""
+
+    def sample() -> dict[str, tuple[int, int]]:
+        with open("/proc/stat") as f:
+            rows = [line.split() for line in f if line.startswith("cpu") and line[3].isdigit()]
+        return {r[0]: (int(r[4]) + int(r[5]), sum(int(x) for x in r[1:9])) for r in rows if int(r[0][3:]) in cpus}
+
+    try:
+        cpus = os.sched_getaffinity(0)
+        before = sample()
+        time.sleep(seconds)
+        after = sample()
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+    busy = 0.0
+    for cpu, (idle, total) in after.items():
+        if cpu in before and total > before[cpu][1]:
+            busy += 1 - (idle - before[cpu][0]) / (total - before[cpu][1])
+    return busy
+
+
+@functools.cache
+def _default_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def set_threads(requested: int | None = None) -> str | None:
+    """Set torch's CPU thread count: `requested`, else OMP_NUM_THREADS (which torch follows by itself), else one
+    per CPU core other processes leave free. Returns a line to log when that is fewer than torch's default.
+
+    Why: torch's threads wait for each other at every operation, so one thread sharing a core with another
+    busy process stalls them all: the demo took 153 s with 2 threads on 2 cores while one core was busy, 62 s
+    with 1 thread."""
+    import torch
+
+    if requested:
+        torch.set_num_threads(requested)
+        return None
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    default = _default_threads()
+    busy = busy_cores() if default > 1 else None
+    free = default if busy is None else max(1, min(default, round(len(os.sched_getaffinity(0)) - busy)))
+    torch.set_num_threads(free)
+    if free < default:
+        return (
+            f"other processes keep {busy:.1f} of {len(os.sched_getaffinity(0))} CPU cores busy: computing with "
+            f"{free} thread{'s' * (free > 1)} instead of {default} (skipprune --threads N to choose)"
+        )
+    return None
 
 
 def fsync_path(path: Path) -> None:

@@ -3,7 +3,9 @@ bit for bit, scores are never on the healing text, interruption leaves nothing."
 
 from __future__ import annotations
 
+import importlib
 import json
+import sys
 
 import pytest
 import torch
@@ -94,10 +96,23 @@ def test_refusals(pruned, tmp_path):
         (["--text", "bundled"], "held-out split"),
         (["--text", text], "needs the model"),  # distill without a teacher (a local source)
         (["--text", text, "--method", "lm", "--steps", "1", "--tokens", "10"], "not both"),
+        (["--text", tmp_path / "nothere.txt"], "pass a UTF-8 text file or 'wikitext2'"),  # not 'bundled'
     ]
     for args, needle in cases:
         assert_clean_failure(run("heal", folder, out, *args), needle, out)
     assert digest(folder) == before
+
+
+def test_missing_peft_is_reported_before_loading(pruned, tmp_path, monkeypatch):
+    folder, text = pruned
+    monkeypatch.setitem(sys.modules, "peft", None)  # `import peft` raises ImportError
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before peft was checked")
+
+    monkeypatch.setattr(importlib.import_module("skipprune.heal"), "prepare", no_loading)  # the module, not heal()
+    with pytest.raises(MeasureError, match="needs peft"):
+        quick_heal(folder, tmp_path / "h", text, steps=1)
 
 
 def test_cli_heal(pruned, tmp_path):
@@ -118,8 +133,15 @@ def test_cli_heal(pruned, tmp_path):
         "2",
     )
     assert proc.returncode == 0, proc.stderr
-    assert "held-out perplexity: pruned" in proc.stdout
+    assert "held-out perplexity: pruned" in proc.stdout and "held-out perplexity" not in proc.stderr  # said once
+    # no terminal, so no bar: progress lines instead, and the last loss
+    assert "healing: step 1 of 1, loss" in proc.stderr and "healed: 1 step in" in proc.stderr
     assert (tmp_path / "h" / "skipprune.json").is_file() and not list(tmp_path.glob(".h.skipprune-*"))
+    card = (tmp_path / "h" / "README.md").read_text()
+    heal_command = "skipprune heal pruned h --text train.txt --method lm --steps 1 --lora-rank 8 --seq-len 32 --batch 2"
+    assert heal_command in card.split("## Reproduce")[1]  # after the export command
+    assert "which healing never saw" in card and "(never trained on) (never trained on)" not in card
+    assert "Not measured yet" not in card and "perplexity (32-token windows)" in card
 
 
 def test_device_map_through_accelerate(pruned, tmp_path):

@@ -88,13 +88,16 @@ def render_card(record: ExportRecord, results: Results | None, name: str, import
         layer_table=_layer_table(plan),
         importance=_importance(importance_png),
         search=_search(record.search),
-        scores=_scores(results),
+        scores=_scores(results, healed=record.healing is not None),
         adaptive=_adaptive(record.adaptive_ffn_skip),
         healing=_healing(record),
         verification=_verification(record),
         load_note=_load_note(record, name),
         trust=trust,
-        command=record.command or "skipprune export (called from Python)",
+        command="\n".join(
+            [record.command or "skipprune export (called from Python)"]
+            + ([record.healing.command] if record.healing and record.healing.command else [])
+        ),
         source_note="" if src.on_hub else f"\n`{src.label}` is the local folder the model was pruned from.\n",
         citations="\n".join(f"- {c}" for c in CITATIONS),
     )
@@ -378,7 +381,12 @@ def ratio(before, after) -> str:
     return "-"
 
 
-def _scores(results: Results | None) -> str:
+def _scores(results: Results | None, healed: bool = False) -> str:
+    if not results and healed:
+        return (
+            "Held-out perplexity before and after healing: see Healing below. Parameters, KV cache and speed: "
+            f"{NOT_MEASURED} yet (`skipprune eval` adds them)."
+        )
     if not results:
         return f"Not measured yet (params: {NOT_MEASURED}; perplexity: {NOT_MEASURED}; speed: {NOT_MEASURED})."
     lines = ["| | source | pruned | pruned / source |", "|---|---:|---:|---:|"]
@@ -394,8 +402,9 @@ def _scores(results: Results | None) -> str:
         )
     if speed := results.speed:
         notes.append(
-            f"Speed: median of repeated runs after a warm-up, both models in the same run, on {speed.device} in "
-            f"{speed.dtype}; time to predict one token for a batch of prompts (Tyukin et al. 2024, §3.3)."
+            f"Speed: median of repeated runs after a warm-up, both models in the same run, on {speed.device}"
+            + (f" with {speed.threads} CPU thread{'s' * (speed.threads > 1)}" if speed.threads else "")
+            + f" in {speed.dtype}; time to predict one token for a batch of prompts (Tyukin et al. 2024, §3.3)."
         )
     if results.tasks:
         limits = {r.limit for r in results.tasks.values()}
@@ -431,12 +440,13 @@ def _healing(record: ExportRecord) -> str:
         return ""
     how = f"LoRA rank {h.lora_rank} (peft), merged" if h.lora_rank else "full fine-tuning of the decoder blocks"
     objective = f"distillation from `{h.teacher}` (KL to its logits)" if h.method == "distill" else "next-token loss"
-    rows = ["| model | held-out perplexity |", "|---|---:|"]
+    windows = f" ({h.score_seq_len}-token windows)" if h.score_seq_len else ""
+    rows = [f"| model | held-out perplexity{windows} |", "|---|---:|"]
     rows += [f"| {k} | {fmt(h.perplexity[k], 'ppl')} |" for k in ("source", "pruned", "healed") if k in h.perplexity]
     return (
         f"\n## Healing\n\nAfter the surgery the weights were trained: {objective}, {how}, on {h.text}: "
         f"{h.tokens:,} tokens in {h.steps} steps, learning rate {h.lr:g}, seed {h.seed}, {h.seconds:.0f} s; "
-        f"{h.tensors_trained} tensors changed. Scores on {h.score_text} (never trained on):\n\n"
+        f"{h.tensors_trained} tensors changed. Scores on {h.score_text}, which healing never saw:\n\n"
         + "\n".join(rows)
         + "\n"
     )

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import math
 import os
+import shlex
 import shutil
 import time
 import warnings
@@ -89,7 +90,9 @@ def heal(
         raise MeasureError(
             "the bundled text is the held-out split skipprune scores on: heal on another text (--text FILE)"
         )
-    train, train_name = read_text(text)
+    if lora_rank and steps != 0 and tokens != 0:
+        _peft()  # before minutes of loading
+    train, train_name = read_text(text, choices="a UTF-8 text file or 'wikitext2'")
     held_out, score_name = read_text(score_text)
     if overlap(held_out, train) > 0.05:
         raise MeasureError(
@@ -135,12 +138,6 @@ def heal(
     scores["healed"] = perplexity(model, scoring, score_name)[0] if steps else scores["pruned"]
     if curve[-1][0] != steps * batch * seq_len:
         curve.append((steps * batch * seq_len, scores["healed"]))
-    log.info(
-        "held-out perplexity: pruned %.2f, healed %.2f%s",
-        scores["pruned"],
-        scores["healed"],
-        f", source {scores['source']:.2f}" if "source" in scores else "",
-    )
 
     healing = Healing(
         method=method,
@@ -155,9 +152,46 @@ def heal(
         score_text=score_name,
         perplexity={k: round(v, 4) for k, v in scores.items()},
         tensors_trained=len(trained),
+        score_seq_len=seq_len,
+        command=_command(
+            folder.name,
+            out.name,
+            text,
+            teacher_label if method == "distill" else None,
+            method,
+            steps,
+            lora_rank,
+            lr,
+            seq_len,
+            batch,
+            score_text,
+            seed,
+        ),  # fmt: skip
     )
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return HealResult(out, _write(folder, out, record, healing, state, trained, overwrite), curve)
+
+
+def _command(pruned, out, text, teacher, method, steps, lora_rank, lr, seq_len, batch, score_text, seed):
+    """The heal command that reproduces this one, naming texts and folders by name, never by path."""
+    parts = ["skipprune", "heal", pruned, out, "--text", Path(text).name if text != "wikitext2" else text]
+    parts += ["--method", method, "--steps", str(steps)] + (["--teacher", teacher] if teacher else [])
+    parts += ["--full"] if lora_rank is None else ["--lora-rank", str(lora_rank)]
+    options = (("--lr", lr, None), ("--seq-len", seq_len, 128), ("--batch", batch, 8), ("--seed", seed, 0))
+    for flag, value, default in options:
+        if value != default:
+            parts += [flag, str(value)]
+    if score_text != "bundled":
+        parts += ["--score-text", Path(score_text).name if score_text != "wikitext2" else score_text]
+    return shlex.join(parts)
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError:
+        raise MeasureError("healing with LoRA needs peft: pip install 'skipprune[heal]' (or use --full)") from None
+    return peft
 
 
 def _lr(lr: float | None, lora_rank: int | None) -> float:
@@ -172,17 +206,14 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
     from tqdm.auto import tqdm
 
     if lora_rank:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise MeasureError("healing with LoRA needs peft: pip install 'skipprune[heal]' (or use --full)") from None
+        peft = _peft()
         with warnings.catch_warnings():  # peft asks transformers about a renamed attribute: not the user's concern
             warnings.simplefilter("ignore", FutureWarning)
             exclude = [p.rstrip(".") + "." + proj for p in frozen for proj in ("gate_proj", "up_proj", "down_proj")]
-            config = LoraConfig(
+            config = peft.LoraConfig(
                 r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", exclude_modules=exclude or None
             )
-            model = get_peft_model(model, config)
+            model = peft.get_peft_model(model, config)
         prefix = "base_model.model."
         trained = {
             name.removeprefix(prefix) + ".weight" for name, m in model.named_modules() if hasattr(m, "base_layer")
@@ -197,6 +228,7 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
     gen = torch.Generator().manual_seed(0)
     seq_len = windows.shape[1]
     model.train()
+    start = time.monotonic()
     with tqdm(total=steps, desc="healing", unit="step", disable=None, leave=False) as bar:
         for step in range(1, steps + 1):
             t0 = time.monotonic()
@@ -221,10 +253,19 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
             sched.step()
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{batch * seq_len / (time.monotonic() - t0):.0f}")
             bar.update(1)
+            if bar.disable and (step % max(1, steps // 10) == 0 or step == steps):  # no bar: a line per tenth
+                spent = time.monotonic() - start
+                log.info(
+                    "healing: step %d of %d, loss %.4f, %.0f s so far, about %.0f s left",
+                    step, steps, loss.item(), spent, spent / step * (steps - step),
+                )  # fmt: skip
             if eval_every and step % eval_every == 0 and step < steps:
                 model.eval()
                 curve.append((step * batch * seq_len, perplexity(model, scoring, score_name)[0]))
                 model.train()
+    log.info(
+        "healed: %d step%s in %.0f s, last loss %.4f", steps, "s" * (steps > 1), time.monotonic() - start, loss.item()
+    )
     model.eval()
     if lora_rank:
         model = model.merge_and_unload()

@@ -107,8 +107,15 @@ def _sync(model) -> None:
 def speed(models: list, batch: int = BATCH) -> list[Speed]:
     """Tyukin et al. 2024 section 3.3 (1-token latency at prompt lengths 50 and 100) plus decode speed, the
     models taking turns."""
+    import torch
+
     out = [
-        Speed(device=placement(m), dtype=str(m.dtype).replace("torch.", ""), decode_tokens=DECODE_TOKENS)
+        Speed(
+            device=placement(m),
+            dtype=str(m.dtype).replace("torch.", ""),
+            decode_tokens=DECODE_TOKENS,
+            threads=torch.get_num_threads() if input_device(m).type == "cpu" else None,
+        )
         for m in models
     ]
     for length in PROMPT_LENGTHS:

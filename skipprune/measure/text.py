@@ -11,20 +11,23 @@ BUNDLED = "bundled"
 WIKITEXT = "wikitext2"
 
 
-def check_text_arg(text: str | None) -> None:
-    """Fail on a missing or empty --text file before any model is loaded."""
+ANY_TEXT = "a UTF-8 text file, 'bundled' or 'wikitext2'"
+
+
+def check_text_arg(text: str | None, choices: str = ANY_TEXT) -> None:
+    """Fail on a missing or empty --text file before any model is loaded; `choices` says what the command takes."""
     if text in (None, BUNDLED, WIKITEXT):
         return
     path = Path(text)
     if not path.is_file():
-        raise MeasureError(f"--text {text}: no such file; pass a UTF-8 text file, 'bundled' or 'wikitext2'")
+        raise MeasureError(f"--text {text}: no such file; pass {choices}")
     if path.stat().st_size == 0:
         raise MeasureError(f"--text {text} is empty; pass a file with some text")
 
 
-def read_text(text: str | None) -> tuple[str, str]:
+def read_text(text: str | None, choices: str = ANY_TEXT) -> tuple[str, str]:
     """(text, description): the description names a file by its name only (records are shared)."""
-    check_text_arg(text)
+    check_text_arg(text, choices)
     if text in (None, BUNDLED):
         return HELDOUT.read_text(encoding="utf-8"), HELDOUT_NAME
     if text == WIKITEXT:

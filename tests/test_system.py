@@ -1,0 +1,65 @@
+"""Thread choice: torch's threads stall each other when one shares a core with a busy process, so skipprune
+computes with one thread per core other processes leave free, unless told."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from click.testing import CliRunner
+
+from skipprune import system
+from skipprune.cli import main
+
+
+def test_busy_cores_reads_this_machine():
+    busy = system.busy_cores(0.05)
+    assert busy is None or 0 <= busy <= len(os.sched_getaffinity(0)) + 0.01
+
+
+def test_threads_follow_the_free_cores(monkeypatch):
+    default = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(system, "_default_threads", lambda: 4)
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    try:
+        monkeypatch.setattr(system, "busy_cores", lambda: 0.1)
+        assert system.set_threads() is None and torch.get_num_threads() == 4  # an idle machine: torch's default
+        monkeypatch.setattr(system, "busy_cores", lambda: 2.8)
+        note = system.set_threads()
+        assert torch.get_num_threads() == 1 and "2.8 of 4 CPU cores busy" in note and "--threads" in note
+        monkeypatch.setattr(system, "busy_cores", lambda: 0.0)
+        assert system.set_threads() is None and torch.get_num_threads() == 4  # back up when they are free again
+        assert system.set_threads(3) is None and torch.get_num_threads() == 3  # asked for
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        monkeypatch.setattr(system, "busy_cores", lambda: 3.9)
+        torch.set_num_threads(2)
+        assert system.set_threads() is None and torch.get_num_threads() == 2  # the user's OMP_NUM_THREADS stands
+    finally:
+        torch.set_num_threads(default)
+
+
+def test_cli_threads_option(monkeypatch, tmp_path):
+    default = torch.get_num_threads()
+    seen = []
+    monkeypatch.setattr(system, "busy_cores", lambda: 1.5)  # would lower the count: --threads wins
+    monkeypatch.setattr("skipprune.demo.run_demo", lambda output, overwrite: seen.append(torch.get_num_threads()))
+    try:
+        res = CliRunner().invoke(main, ["--threads", "1", "demo", str(tmp_path / "d")])
+        assert res.exit_code == 0, res.output
+        assert seen == [1] and "busy" not in res.output
+    finally:
+        torch.set_num_threads(default)
+
+
+def test_the_thread_note_comes_with_progress_not_with_a_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(system, "_default_threads", lambda: 2)
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(system, "busy_cores", lambda: 1.0)
+    default = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(main, ["analyze", str(tmp_path / "nothere")])
+        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "busy" not in res.output
+    finally:
+        torch.set_num_threads(default)
