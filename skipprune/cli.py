@@ -287,17 +287,22 @@ def families(model_types, json_path):
     import json
 
     from tqdm.auto import tqdm
+    from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from .export.anatomy import support
+    from .errors import PlanError
+    from .export.anatomy import close_model_type, support
 
+    for t in model_types:
+        if t not in CONFIG_MAPPING and (near := close_model_type(t)):
+            raise PlanError(f"unknown model type {t!r}: did you mean {near!r}? (`skipprune families` lists them all)")
     types = model_types or sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
     table = {t: support(t) for t in tqdm(types, desc="families", disable=None, leave=False)}
     width = max(len("model type"), *(len(t) for t in types))
     click.echo(f"{'model type':<{width}}  blocks  attention  MLP  serving")
     for t, row in table.items():
         cells = ["yes" if row[k] == "yes" else "no" for k in ("blocks", "attention", "mlp", "serving")]
-        reason = next((row[k] for k in ("blocks", "attention", "mlp") if row[k] != "yes"), "")
+        reason = next((row[k] for k in ("blocks", "attention", "mlp", "serving") if row[k] != "yes"), "")
         click.echo(f"{t:<{width}}  {cells[0]:<6}  {cells[1]:<9}  {cells[2]:<3}  {cells[3]:<7}  {reason}".rstrip())
     if json_path:
         Path(json_path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")

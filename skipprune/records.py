@@ -255,7 +255,8 @@ class PlanFile(_Versioned):
         data = _read(path, "write it again with `skipprune search`")
         if not isinstance(data, dict) or data.get("kind") != PLAN_KIND:
             raise RecordError(
-                f"{path} is not a skipprune plan file; write one with `skipprune search MODEL --budget ...`"
+                f"{path} is not a skipprune plan file{_kind_of(data)}; write one with `skipprune search MODEL "
+                "--budget ...`"
             )
         return cls.from_dict(data, str(path))
 
@@ -337,7 +338,28 @@ class Results(_Versioned, Measurement):
         path = Path(path)
         if not path.is_file():
             raise RecordError(f"{path}: no such results file; write one with `skipprune eval --json`")
-        return cls.from_dict(_read(path, "write it again with `skipprune eval --json`"), str(path))
+        data = _read(path, "write it again with `skipprune eval --json`")
+        if not isinstance(data, dict) or "model" not in data:
+            raise RecordError(
+                f"{path} is not a results file{_kind_of(data)}; write one with `skipprune eval EXPORT --json FILE`"
+            )
+        return cls.from_dict(data, str(path))
+
+
+def _kind_of(data: Any) -> str:
+    """', but what it is', for a JSON file of another kind skipprune writes; '' for anything else."""
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "kept_percent" in data[0]:
+        return " but a sweep table (`skipprune sweep --json`)"
+    if isinstance(data, dict):
+        if data.get("kind") == PLAN_KIND:
+            return " but a plan file (`skipprune search`)"
+        if "angular_distance" in data and "layers" in data:
+            return " but an importance table (`skipprune analyze --json`)"
+        if "plan" in data and "verification" in data:
+            return f" but an export's own record ({RECORD_FILE})"
+        if "model" in data and "perplexity" in data:
+            return " but a results file (`skipprune eval --json`)"
+    return ""
 
 
 _V1_LATENCY = re.compile(r"one_token_s_batch(\d+)_len(\d+)")

@@ -189,7 +189,9 @@ def test_blocks_only_families_refuse_sublayers_in_one_line(model_type, tmp_path)
 def test_families_command(tmp_path):
     from common import run
 
-    proc = run("families", "llama", "qwen2_moe", "gemma3", "qwen3_5", "t5", "nope", "--json", tmp_path / "f.json")
+    proc = run(
+        "families", "llama", "qwen2_moe", "gemma3", "gpt2", "qwen3_5", "t5", "nope", "--json", tmp_path / "f.json"
+    )
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split()[1:5] for line in proc.stdout.splitlines()[1:]}
     assert rows["llama"] == ["yes", "yes", "yes", "yes"]
@@ -199,6 +201,12 @@ def test_families_command(tmp_path):
     table = json.loads((tmp_path / "f.json").read_text())
     assert "encoder-decoder" in table["t5"]["blocks"]
     assert "does not know model_type 'nope'" in table["nope"]["blocks"]
+    assert "nemotron-nas takes llama and mistral" in table["qwen2_moe"]["serving"]  # every "no" says why
+    assert "--format nemotron-nas takes" in next(line for line in proc.stdout.splitlines() if line.startswith("gpt"))
+    typo = run("families", "llamma")
+    assert typo.returncode == 1 and typo.stderr.strip() == (
+        "error: unknown model type 'llamma': did you mean 'llama'? (`skipprune families` lists them all)"
+    )
 
 
 # The table version 1 had typed by hand for its 8 families: the derivation must find the same.

@@ -62,6 +62,14 @@ def test_card_command_with_results(family_sources, tmp_path):
             "tasks": {},
         },
     }
+    # another kind of skipprune JSON is named as such, in one line (no warnings about unknown fields)
+    analyze = {"tokens": 8, "layers": [], "angular_distance": {}, "ffn_cold_regions": {}}
+    (tmp_path / "a.json").write_text(json.dumps(analyze))
+    before = (out / "README.md").read_text()
+    res = CliRunner().invoke(main, ["card", str(out), "--results", str(tmp_path / "a.json")])
+    assert res.exit_code == 1 and len(res.output.strip().splitlines()) == 1
+    assert "is not a results file but an importance table (`skipprune analyze --json`)" in res.output
+    assert (out / "README.md").read_text() == before
     (tmp_path / "r.json").write_text(json.dumps(results))
     res = CliRunner().invoke(main, ["card", str(out), "--results", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output

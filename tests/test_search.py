@@ -315,11 +315,11 @@ def test_bad_plan_files_are_one_line_errors(searched, tokenized, tmp_path, famil
     _, path = searched
     out = tmp_path / "out"
     (tmp_path / "broken.json").write_text("{not json")
-    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 2, "model": "x"}))
+    (tmp_path / "results.json").write_text(json.dumps({"schema_version": 2, "model": "x", "perplexity": 9.0}))
     cases = [
         (("--plan", tmp_path / "missing.json"), "no such plan file"),
         (("--plan", tmp_path / "broken.json"), "unreadable"),
-        (("--plan", tmp_path / "results.json"), "is not a skipprune plan file"),
+        (("--plan", tmp_path / "results.json"), "is not a skipprune plan file but a results file"),
         (("--plan", path, "--drop-attn", "1"), "either --plan FILE or --drop"),
     ]
     for args, needle in cases:

@@ -379,6 +379,10 @@ def check_config(config: dict) -> None:
     if model_type not in CONFIG_MAPPING:
         from transformers import __version__
 
+        if near := close_model_type(model_type):
+            raise SourceError(
+                f"transformers {__version__} does not know model_type {model_type!r}: did you mean {near!r}?"
+            )
         raise SourceError(
             f"transformers {__version__} does not know model_type {model_type!r}: upgrade transformers (a model "
             "whose code lives only in its repository is not supported)"
@@ -436,6 +440,16 @@ def checkpoint_names(model, state: dict) -> dict:
         return state
 
 
+def close_model_type(model_type: str) -> str | None:
+    """The causal-LM model type transformers knows that `model_type` most likely misspells, if any."""
+    import difflib
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    near = difflib.get_close_matches(model_type, list(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES), n=1, cutoff=0.75)
+    return near[0] if near else None
+
+
 def support(model_type: str) -> dict[str, str]:
     """What skipprune can remove from `model_type` with the installed transformers, studied on a tiny instance of
     the family's default config: 'yes' or the reason, per capability (blocks, attention, mlp, serving)."""
@@ -450,16 +464,18 @@ def support(model_type: str) -> dict[str, str]:
         config["model_type"] = model_type
         family = family_of(config)
     except SkippruneError as e:
-        return dict.fromkeys(("blocks", "attention", "mlp"), str(e)) | {"serving": "no"}
+        return dict.fromkeys(("blocks", "attention", "mlp", "serving"), str(e))
     except Exception as e:  # the family's own code refuses even its default config at toy size
         why = f"a tiny {model_type} could not be built ({type(e).__name__})"
-        return dict.fromkeys(("blocks", "attention", "mlp"), why) | {"serving": "no"}
+        return dict.fromkeys(("blocks", "attention", "mlp", "serving"), why)
     sub = family.no_sublayers
     return {
         "blocks": "yes",
         "attention": sub or family.no_attention or "yes",
         "mlp": sub or "yes",
-        "serving": "yes" if model_type in NAS_FAMILIES else "no",
+        "serving": "yes"
+        if model_type in NAS_FAMILIES
+        else f"--format nemotron-nas takes {' and '.join(NAS_FAMILIES)} sources",
     }
 
 
