@@ -61,7 +61,27 @@ def test_numbering_and_round_trip():
     assert plan.output_index(5) == 4 and plan.output_index(6) is None
     assert not plan.blocks_only
     assert PrunePlan.from_dict(plan.to_dict()) == plan
-    assert "blocks 2,6-7" in plan.describe() and "attention of layers 5" in plan.describe()
+    assert "blocks 2,6-7" in plan.describe() and "attention of layer 5;" in plan.describe()
+    assert plan.describe().endswith("(source numbering; 5 of 8 layers kept)")
+
+
+def test_plain_grammar():
+    plan = PrunePlan.from_specs(12, drop_attn="9-11", drop_blocks="4")
+    assert plan.describe() == "remove block 4; attention of layers 9-11 (source numbering; 11 of 12 layers kept)"
+    assert PrunePlan.from_specs(12, drop_mlp="3").describe() == (
+        "remove MLP of layer 3 (source numbering; all 12 layers kept)"
+    )
+
+
+def test_keep_last_layer_needs_a_last_spec():
+    with pytest.raises(PlanError, match="only moves last:N specs"):
+        PrunePlan.from_specs(12, drop_attn="3-5", keep_last_layer=True)
+    assert PrunePlan.from_specs(12, drop_attn="last:2,3", keep_last_layer=True).drop_attention == {3, 9, 10}
+
+
+def test_a_count_larger_than_the_model_suggests_a_share():
+    with pytest.raises(PlanError, match=r"selects 25 layers but the source has 12 layers; did you mean last:25%\?"):
+        parse_spec("last:25", 12)
 
 
 def test_format_indices_round_trips_random_sets():

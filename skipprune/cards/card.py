@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..prune.plan import PrunePlan, format_indices
+from ..prune.plan import PrunePlan, format_indices, layers_phrase
 from ..records import ExportRecord, Measurement, PlanSearch, Results
 from ..system import write_text_durably
 
@@ -201,8 +201,13 @@ the removed sublayers skipped)."""
 def _load_note(record: ExportRecord, name: str) -> str:
     if record.format == "nemotron-nas":
         zero = (
-            f"\nOutput layers {format_indices(record.zero_ffn_layers)} keep their attention but lost their MLP; each "
-            "holds an all-zero 256-wide FFN, because llama.cpp's DeciLM graph drops the attention output of a layer "
+            f"\nOutput {layers_phrase(record.zero_ffn_layers)} "
+            + (
+                "keeps its attention but lost its MLP; it holds"
+                if len(record.zero_ffn_layers) == 1
+                else "keep their attention but lost their MLP; each holds"
+            )
+            + " an all-zero 256-wide FFN, because llama.cpp's DeciLM graph drops the attention output of a layer "
             "without FFN. Its output is exactly zero in every engine.\n"
             if record.zero_ffn_layers
             else ""
@@ -257,7 +262,7 @@ def _adaptive(settings: dict | None) -> str:
 def _search(search: PlanSearch | None) -> str:
     if search is None:
         return ""
-    keep = f", layers {format_indices(search.keep)} never touched" if search.keep else ""
+    keep = f", {layers_phrase(search.keep)} never touched" if search.keep else ""
     fmt_note = ", only what the serving engines run" if search.format == "nemotron-nas" else ""
     objective = (
         "KL divergence from the source's next-token distribution"

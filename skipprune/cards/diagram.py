@@ -65,8 +65,7 @@ def layers_figure(plan: PrunePlan, title: str):
     attn = len(plan.drop_attention - plan.drop_mlp)
     mlp = len(plan.drop_mlp - plan.drop_attention)
     ax.set_title(
-        f"{title}: {len(plan.layers)} of {n} layers kept; attention removed in {attn}, MLP in {mlp}, "
-        f"whole blocks {len(blocks)}",
+        f"{title}: {plan.kept_phrase()}; attention removed in {attn}, MLP in {mlp}, whole blocks {len(blocks)}",
         fontsize=10,
     )
     legend = [

@@ -64,7 +64,8 @@ def _last(part: str, spec: str, num_layers: int, keep_last_layer: bool) -> froze
     end = num_layers - 1 if keep_last_layer else num_layers
     if count > end:
         room = f"{end} layers before the final one" if keep_last_layer else f"{num_layers} layers"
-        raise PlanError(f"SPEC {spec!r} selects {count} layers but the source has {room}")
+        hint = f"; did you mean {part}%?" if not percent and count <= 100 else ""
+        raise PlanError(f"SPEC {spec!r} selects {count} layers but the source has {room}{hint}")
     return frozenset(range(end - count, end))
 
 
@@ -79,6 +80,11 @@ def format_indices(indices) -> str:
     if run:
         out.append(_run(run))
     return ",".join(out)
+
+
+def layers_phrase(indices) -> str:
+    """'layer 3' or 'layers 3-5,7'."""
+    return f"layer{'s' * (len(indices) > 1)} {format_indices(indices)}"
 
 
 def _run(run: list[int]) -> str:
@@ -116,6 +122,12 @@ class PrunePlan:
     ) -> PrunePlan:
         def parse(spec):
             return parse_spec(spec, num_layers, keep_last_layer) if spec else frozenset()
+
+        if keep_last_layer and not any("last:" in (spec or "") for spec in (drop_attn, drop_mlp, drop_blocks)):
+            raise PlanError(
+                "--keep-last-layer only moves last:N specs off the final layer, and these name layers by index: "
+                "leave it out, or write last:N"
+            )
 
         blocks = parse(drop_blocks)
         return cls(num_layers, parse(drop_attn) | blocks, parse(drop_mlp) | blocks)
@@ -174,10 +186,14 @@ class PrunePlan:
         attn_only = self.drop_attention - self.drop_mlp
         mlp_only = self.drop_mlp - self.drop_attention
         if self.dropped_blocks:
-            parts.append(f"blocks {format_indices(self.dropped_blocks)}")
+            parts.append(f"block{'s' * (len(self.dropped_blocks) > 1)} {format_indices(self.dropped_blocks)}")
         if attn_only:
-            parts.append(f"attention of layers {format_indices(attn_only)}")
+            parts.append(f"attention of {layers_phrase(attn_only)}")
         if mlp_only:
-            parts.append(f"MLP of layers {format_indices(mlp_only)}")
+            parts.append(f"MLP of {layers_phrase(mlp_only)}")
+        return f"remove {'; '.join(parts) or 'nothing'} (source numbering; {self.kept_phrase()})"
+
+    def kept_phrase(self) -> str:
+        """'9 of 12 layers kept', or 'all 12 layers kept' when no whole block goes."""
         kept = len(self.layers)
-        return f"remove {'; '.join(parts) or 'nothing'} (source numbering; {kept} of {self.num_layers} layers kept)"
+        return f"all {kept} layers kept" if kept == self.num_layers else f"{kept} of {self.num_layers} layers kept"
