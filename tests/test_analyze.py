@@ -115,6 +115,7 @@ def test_analyze_and_sweep_commands_on_the_demo_model(tmp_path):
     data = json.loads((tmp_path / "a.json").read_text())
     assert len(data["layers"]) == 12 and data["suggestions"][0]["plan"]["drop_attention"] == [9, 10, 11]
     assert "skipprune export" in res.output and (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert "which `eval` scores on by default" in res.output  # calibrated on the evaluation text: said
     res = CliRunner().invoke(
         main,
         [

@@ -17,7 +17,7 @@ from .perplexity import perplexity
 from .runner import Prepared, load_model, pick_device, placement, prepare, prepare_stock
 from .sweep import SweepRow, run_sweep
 from .tasks import check_tasks, run_tasks
-from .text import check_text_arg, read_text, token_windows
+from .text import calibration_note, check_text_arg, read_text, token_windows
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,8 @@ def analyze(
         model, text, samples, seq_len, device, trust_remote_code, placement
     )
     layers = family.layers(loaded)
+    if note := calibration_note(text):
+        log.info(note)
     log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(layers))
     block = sum(p.numel() for p in layers[0].parameters())
     return Analysis(measure_importance(loaded, family, windows), block, speeds.count_params(loaded))

@@ -37,7 +37,7 @@ from .prefix import OBJECTIVES, PrefixObjective
 from .runner import load_model, pick_device, prepare_stock
 from .speed import count_params
 from .sweep import removed_in_place
-from .text import overlap, read_text, token_windows
+from .text import calibration_note, overlap, read_text, token_windows
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +106,8 @@ def search(
         nas.check(prepared.config, PrunePlan(num_layers), family, None)
     windows = token_windows(prepared.tokenizer, calibration, seq_len, samples)
     eval_windows = None if held_out is None else token_windows(prepared.tokenizer, held_out, eval_seq_len, eval_samples)
-    if text in (None, "bundled"):
-        log.info(
-            "calibrating on %s, which `eval` scores on by default: pass --text with other text to keep the choice "
-            "apart from the evaluation",
-            text_name,
-        )
+    if note := calibration_note(text):
+        log.info(note)
     loaded = load_model(prepared, pick_device(device), device_map, max_memory)
     costs = model_costs(loaded, family, prepared.config, prompt_tokens, batch, serving)
     check_within_reach(budgets, costs, candidate_kinds, keep_layers)

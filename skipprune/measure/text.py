@@ -25,6 +25,16 @@ def check_text_arg(text: str | None, choices: str = ANY_TEXT) -> None:
         raise MeasureError(f"--text {text} is empty; pass a file with some text")
 
 
+def calibration_note(text: str | None) -> str | None:
+    """A line to log when calibration reads the bundled held-out split, which `eval` scores on by default."""
+    if text not in (None, BUNDLED):
+        return None
+    return (
+        f"calibrating on {HELDOUT_NAME}, which `eval` scores on by default: pass --text with other text to keep "
+        "the choice apart from the evaluation"
+    )
+
+
 def read_text(text: str | None, choices: str = ANY_TEXT) -> tuple[str, str]:
     """(text, description): the description names a file by its name only (records are shared)."""
     check_text_arg(text, choices)
