@@ -270,8 +270,11 @@ def heal(pruned, output, full, lora_rank, **options):
     from .heal import heal as run_heal
 
     result = run_heal(pruned, output, lora_rank=None if full else lora_rank, **options)
-    scores = result.record.healing.perplexity
-    click.echo("held-out perplexity: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    healing = result.record.healing
+    click.echo(
+        f"held-out perplexity ({healing.score_seq_len}-token windows): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in healing.perplexity.items())
+    )
     click.echo(output)
 
 

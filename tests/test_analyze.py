@@ -135,7 +135,7 @@ def test_analyze_and_sweep_commands_on_the_demo_model(tmp_path):
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "s.json").read_text())
     assert len(rows) == 19 and all(r["perplexity"] > 1 for r in rows)
-    assert "attention removed from the last layers" in res.output
+    assert "attention removed from the last layers (ppl: 2 windows of 64 tokens)" in res.output
 
 
 def test_analyze_bad_input():

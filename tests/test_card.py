@@ -77,7 +77,7 @@ def test_card_command_with_results(family_sources, tmp_path):
     (ev,) = card.data.eval_results
     assert ev.metric_type == "perplexity" and ev.metric_value == 12.5 and ev.dataset_type == "local:file-t-txt"
     assert "not a Hub dataset" in ev.dataset_name
-    assert "| perplexity | 10.00 | 12.50 | 1.250 |" in card.text
+    assert "| perplexity (128-token windows) | 10.00 | 12.50 | 1.250 |" in card.text
     assert "| KV cache per token | 384 B | 256 B | 0.667 |" in card.text
     assert "Benchmarks (lm-eval): not measured." in card.text
     assert "trust_remote_code" not in card.text  # blocks only: stock architecture

@@ -16,5 +16,5 @@ def test_demo_runs_and_reruns_over_its_own_output(tmp_path):
     assert record.plan.drop_attention == {9, 10, 11} and record.verification.numerics.max_abs_logit_diff == 0
     assert results.kv_bytes_per_token * 4 == results.baseline.kv_bytes_per_token * 3
     assert results.perplexity > results.baseline.perplexity > 1
-    assert "| perplexity |" in (out / "README.md").read_text()
+    assert "| perplexity (256-token windows) |" in (out / "README.md").read_text()
     assert run("demo", out).returncode == 0  # replaces its own earlier output without --overwrite

@@ -133,7 +133,9 @@ def test_cli_heal(pruned, tmp_path):
         "2",
     )
     assert proc.returncode == 0, proc.stderr
-    assert "held-out perplexity: pruned" in proc.stdout and "held-out perplexity" not in proc.stderr  # said once
+    assert (
+        "held-out perplexity (32-token windows): pruned" in proc.stdout and "held-out perplexity" not in proc.stderr
+    )  # said once
     # no terminal, so no bar: progress lines instead, and the last loss
     assert "healing: step 1 of 1, loss" in proc.stderr and "healed: 1 step in" in proc.stderr
     assert (tmp_path / "h" / "skipprune.json").is_file() and not list(tmp_path.glob(".h.skipprune-*"))

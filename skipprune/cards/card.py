@@ -288,8 +288,10 @@ def _search(search: PlanSearch | None) -> str:
 
 def search_table(search: PlanSearch) -> str:
     """The held-out comparison of a search, as Markdown: the found plan against one-shot strategies."""
+    windows = f" ({search.eval_seq_len}-token windows)" if search.eval_seq_len else ""
     lines = [
-        "| strategy | removes (source layers) | params removed | prefill FLOPs removed | held-out perplexity |",
+        "| strategy | removes (source layers) | params removed | prefill FLOPs removed | held-out perplexity"
+        f"{windows} |",
         "|---|---|---:|---:|---:|",
     ]
     for r in search.comparison:
@@ -317,6 +319,11 @@ def fmt(value, kind: str) -> str:
     return formats[kind].format(value) if kind in formats else str(value)
 
 
+def perplexity_label(proto) -> str:
+    """'perplexity (256-token windows)': the window length changes the number, so it goes with it."""
+    return f"perplexity ({proto.seq_len}-token windows)" if proto else "perplexity"
+
+
 def score_rows(results: Results) -> list[tuple[str, float | None, float | None, str]]:
     """(label, baseline value, model value, kind) for every number measured on either model."""
     base = results.baseline or Measurement(model="")
@@ -324,7 +331,7 @@ def score_rows(results: Results) -> list[tuple[str, float | None, float | None, 
         ("parameters", base.params, results.params, "int"),
         ("weights on disk", base.disk_bytes, results.disk_bytes, "bytes"),
         ("KV cache per token", base.kv_bytes_per_token, results.kv_bytes_per_token, "bytes"),
-        ("perplexity", base.perplexity, results.perplexity, "ppl"),
+        (perplexity_label(results.perplexity_protocol), base.perplexity, results.perplexity, "ppl"),
     ]
     a, b = results.speed, base.speed
     if a or b:

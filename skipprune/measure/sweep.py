@@ -94,9 +94,10 @@ def run_sweep(model, family: Family, measure_point, with_speed: bool = True) -> 
 def tables(rows: list[SweepRow]) -> str:
     """One table per kind, laid out like the paper's: kept %, then without / with the final layer kept."""
     base = rows[0]
+    proto = base.perplexity_protocol
     out = []
     for kind in KINDS:
-        out.append(f"\n{kind} removed from the last layers")
+        out.append(f"\n{kind} removed from the last layers (ppl: {proto.windows} windows of {proto.seq_len} tokens)")
         out.append(
             f"{'kept':>6} {'layers removed':>18} {'ppl':>9} {'ppl (+last)':>12} {'latency':>8} {'lat (+last)':>12}"
         )
