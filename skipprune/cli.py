@@ -422,8 +422,9 @@ def analyze(
     _write_json(json_path, data)
     if plot_path:
         from .measure.plots import plot_importance
+        from .measure.text import text_name
 
-        click.echo(f"plot written to {plot_importance(imp, plot_path, Path(model).name)}", err=True)
+        click.echo(f"plot written to {plot_importance(imp, plot_path, Path(model).name, text_name(text))}", err=True)
 
 
 def _importance_table(imp) -> str:

@@ -142,3 +142,32 @@ def test_analyze_bad_input():
     from skipprune.data import DEMO_MODEL as MODEL
 
     assert_clean_failure(run("analyze", MODEL, "--suggest", "everything"), "bad --suggest")
+
+
+def test_plots_say_how_to_read_them():
+    """importance.png: lower is safer, and the text it was measured on; sweep.png: plain numbers on its log axis,
+    the window length with the perplexity."""
+    from skipprune.measure.plots import importance_figure, sweep_figure
+    from skipprune.measure.sweep import SweepRow
+    from skipprune.prune.suggest import Importance
+    from skipprune.records import PerplexityProtocol
+
+    imp = Importance(
+        [0.9, 0.99, 0.98, 0.97], [0.5, 0.99, 0.98, 0.9], [0.4, 0.98, 0.97, 0.88], {1: [0.3, 0.1, 0.2]}, 512
+    )
+    fig = importance_figure(imp, "m", "file calib.txt")
+    assert fig._suptitle.get_text() == "m, on 512 tokens of file calib.txt"
+    assert "lower = safer to remove" in fig.axes[0].get_ylabel() and "lower is safer" in fig.axes[0].get_title()
+    proto = PerplexityProtocol("file t.txt", 4096, 16, 256, 4080)
+    rows = [SweepRow("full", 100, False, [], 40.0, proto)] + [
+        SweepRow(kind, keep, last, [3], 40.0 + (100 - keep), proto)
+        for kind in ("attention", "mlp", "blocks")
+        for keep in (90, 75, 66)
+        for last in (False, True)
+    ]
+    fig = sweep_figure(rows, "m")
+    fig.canvas.draw()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels(which="both") if t.get_text()]
+    assert labels and all("10^" not in t and "times" not in t and "×" not in t for t in labels), labels
+    assert fig.axes[0].get_ylabel() == "perplexity (256-token windows)"
+    assert "not measured" in fig.axes[1].texts[0].get_text()  # no latency measured: said, not left empty

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..prune.plan import PrunePlan
 
-KEPT, REMOVED, BLOCK = "#2ca02c", "#d62728", "#9e9e9e"
+# Okabe-Ito blue and orange: told apart with every common colour-vision deficiency (red/green is not)
+KEPT, REMOVED, BLOCK = "#0072B2", "#E69F00", "#9e9e9e"
 
 
 def layer_colors(plan: PrunePlan) -> list[tuple[str, str]]:

@@ -16,7 +16,33 @@ def _pyplot():
     return plt
 
 
-def plot_importance(imp: Importance, path: Path, title: str) -> Path:
+def _plain_log_labels(axis, minor: bool = True) -> None:
+    """Tick labels on a log axis as plain numbers (40, 100), not 4 × 10¹; `minor`: label the ticks between
+    powers of ten too (for an axis spanning less than a decade)."""
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    if minor:
+        axis.set_minor_formatter(plain)
+
+
+def plot_importance(imp: Importance, path: Path, title: str, text: str | None = None) -> Path:
+    return _save(importance_figure(imp, title, text), path)
+
+
+def plot_sweep(rows, path: Path, title: str) -> Path:
+    return _save(sweep_figure(rows, title), path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def importance_figure(imp: Importance, title: str, text: str | None = None):
+    """`text`: what the importance was measured on, named in the title."""
     plt = _pyplot()
     n = len(imp.block_cos)
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
@@ -28,22 +54,25 @@ def plot_importance(imp: Importance, path: Path, title: str) -> Path:
     for lo, hi in ((0, start), (n - end, n)):
         if hi > lo:
             a.axvspan(lo - 0.5, hi - 0.5, color="grey", alpha=0.15)
-    a.set(xlabel="layer (source numbering)", ylabel="how much the sublayer changes the residual stream", yscale="log")
+    a.set(
+        xlabel="layer (source numbering)",
+        ylabel="change to the residual stream (lower = safer to remove)",
+        yscale="log",
+    )
+    _plain_log_labels(a.yaxis, minor=False)
     a.legend(fontsize=8)
-    a.set_title("per-layer importance (grey: FFN cold regions)", fontsize=10)
+    a.set_title("per-layer importance: lower is safer to remove (grey: FFN cold regions)", fontsize=10)
     for n_win, dist in sorted(imp.angular.items())[:: max(1, len(imp.angular) // 6)]:
         b.plot(range(len(dist)), dist, label=f"n = {n_win}")
     b.set(xlabel="first layer l of the window", ylabel="angular distance between layer l and l+n inputs")
     b.legend(fontsize=8)
     b.set_title("Gromov et al.: smallest distance = best window to remove", fontsize=10)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(f"{title}, on {imp.tokens:,} tokens of {text}" if text else title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_sweep(rows, path: Path, title: str) -> Path:
+def sweep_figure(rows, title: str):
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     base = rows[0]
@@ -58,13 +87,15 @@ def plot_sweep(rows, path: Path, title: str) -> Path:
             a.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=label)
             if all(p[2] for p in pts):
                 b.plot([p[0] for p in pts], [p[2] for p in pts], style, color=color, label=label)
-    a.set(xlabel="% of layers keeping the sublayer", ylabel="perplexity", yscale="log")
+    proto = base.perplexity_protocol
+    a.set(xlabel="% of layers keeping the sublayer", ylabel=f"perplexity ({proto.seq_len}-token windows)", yscale="log")
+    _plain_log_labels(a.yaxis)
     a.invert_xaxis()
     a.legend(fontsize=7)
     b.set(xlabel="% of layers keeping the sublayer", ylabel="1-token latency / full model")
+    if not b.lines:
+        b.text(0.5, 0.5, "latency not measured (--no-speed)", ha="center", va="center", transform=b.transAxes)
     b.invert_xaxis()
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig

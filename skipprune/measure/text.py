@@ -35,11 +35,18 @@ def calibration_note(text: str | None) -> str | None:
     )
 
 
+def text_name(text: str | None) -> str:
+    """How records and plots name a --text value: a file by its name only (records are shared)."""
+    if text in (None, BUNDLED):
+        return HELDOUT_NAME
+    return "WikiText-2 raw test split" if text == WIKITEXT else f"file {Path(text).name}"
+
+
 def read_text(text: str | None, choices: str = ANY_TEXT) -> tuple[str, str]:
-    """(text, description): the description names a file by its name only (records are shared)."""
+    """(text, text_name(text))."""
     check_text_arg(text, choices)
     if text in (None, BUNDLED):
-        return HELDOUT.read_text(encoding="utf-8"), HELDOUT_NAME
+        return HELDOUT.read_text(encoding="utf-8"), text_name(text)
     if text == WIKITEXT:
         try:
             from datasets import load_dataset
@@ -51,12 +58,12 @@ def read_text(text: str | None, choices: str = ANY_TEXT) -> tuple[str, str]:
             rows = load_dataset("wikitext", "wikitext-2-raw-v1", split="test")["text"]
         except Exception as e:  # offline, or the dataset moved
             raise MeasureError(f"could not load WikiText-2 ({type(e).__name__}); pass --text FILE instead") from None
-        return "\n\n".join(rows), "WikiText-2 raw test split"
+        return "\n\n".join(rows), text_name(text)
     path = Path(text)
     content = path.read_text(encoding="utf-8", errors="replace")
     if not content.strip():
         raise MeasureError(f"--text {text} is empty; pass a file with some text")
-    return content, f"file {path.name}"
+    return content, text_name(text)
 
 
 def token_windows(tokenizer, text: str, seq_len: int, samples: int | None = None):
