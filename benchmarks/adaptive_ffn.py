@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 import skipprune
 from skipprune.data import DEMO_MODEL as MODEL
 from skipprune.data import HELDOUT
-from skipprune.measure.speed import interleaved_decode
+from skipprune.measure.speed import DECODE_TOKENS, interleaved_decode
 
 NEVER = {"cold_start": 0, "cold_end": 0, "sim_threshold": 2.0, "warmup_tokens": 5, "max_skips": 1}
 
@@ -106,7 +107,9 @@ def main() -> None:
             rnd_ppl, _ = teacher_forced(rnd, windows, args.prompt)
             speed = ""
             if cold == (2, 2):
-                fast, slow = interleaved_decode([model, full], repeats=5)
+                fast, slow = (
+                    DECODE_TOKENS / statistics.median(t) for t in interleaved_decode([model, full], repeats=5)
+                )
                 speed = f"{fast:.1f} ({fast / slow:.2f}x)"
             print(
                 f"| {threshold} | {'first/last 2' if cold[0] else 'none'} | {ratio:.1%} | {ppl:.2f} | {rnd_ppl:.2f} | {speed} |"

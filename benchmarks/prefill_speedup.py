@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 from pathlib import Path
 
 import torch
@@ -77,7 +78,8 @@ def main() -> None:
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for length in (50, 100):
-        times = dict(zip(models, interleaved_latency(list(models.values()), args.batch, length, args.repeats)))
+        runs = interleaved_latency(list(models.values()), args.batch, length, args.repeats)
+        times = dict(zip(models, map(statistics.median, runs)))
         for name, t in times.items():
             a, m = kept[name]
             speedup = times["original"] / t

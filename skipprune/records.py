@@ -282,6 +282,7 @@ class Latency:
     batch: int
     prompt_tokens: int
     seconds: float  # median time to predict one token for the whole batch (prefill)
+    spread: float | None = None  # interquartile range of the repeats / their median
 
 
 @dataclass
@@ -291,6 +292,7 @@ class Speed:
     latency: list[Latency] = field(default_factory=list)
     decode_tokens: int = 128
     decode_tokens_per_s: float | None = None
+    decode_spread: float | None = None  # interquartile range of the repeats' times / their median
     peak_generation_memory_bytes: int | None = None  # where the device reports it (CUDA)
     threads: int | None = None  # torch's CPU threads during the timing
 

@@ -106,3 +106,25 @@ def test_diagram_colors_follow_the_plan():
 def test_card_command_refuses_other_folders(tmp_path):
     res = CliRunner().invoke(main, ["card", str(tmp_path)])
     assert res.exit_code == 1 and "no skipprune.json" in res.output
+
+
+def test_timings_within_noise_are_flagged():
+    from skipprune.cards.card import NOISY, _scores
+    from skipprune.records import Latency, Measurement, Results, Speed
+
+    def timed(seconds, spread, rate, decode_spread):
+        return Speed("cpu", "float32", [Latency(8, 50, seconds, spread)], 128, rate, decode_spread, threads=2)
+
+    results = Results(
+        model="o",
+        speed=timed(0.105, 0.20, 100.0, 0.01),  # 5 % slower, but its repeats spread 20 %: noise
+        baseline=Measurement(model="s", speed=timed(0.100, 0.05, 150.0, 0.02)),
+    )
+    scores = _scores(results)
+    assert f"| 1-token latency (batch 8, 50-token prompts) | 100.00 ms | 105.00 ms | 1.050{NOISY} |" in scores
+    assert "| greedy decode speed (128 tokens) | 150.0 tokens/s | 100.0 tokens/s | 0.667 |" in scores  # a real effect
+    assert "so that ratio is noise, not an effect" in scores and "with 2 CPU threads" in scores
+    quiet = Results(
+        model="o", speed=timed(0.07, 0.01, 150.0, 0.01), baseline=Measurement("s", speed=timed(0.1, 0.01, 100.0, 0.01))
+    )
+    assert NOISY not in _scores(quiet)

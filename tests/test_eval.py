@@ -68,6 +68,7 @@ def test_eval_speed_is_interleaved_and_recorded(demo_export, short_text):
     for d in (res, res.baseline):
         assert [(p.batch, p.prompt_tokens) for p in d.speed.latency] == [(8, 50), (8, 100)]
         assert all(p.seconds > 0 for p in d.speed.latency) and d.speed.decode_tokens_per_s > 0
+        assert all(p.spread >= 0 for p in d.speed.latency) and d.speed.decode_spread >= 0  # the noise is kept too
         assert d.speed.device == "cpu" and d.speed.dtype == "float32"
 
 

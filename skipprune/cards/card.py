@@ -324,14 +324,15 @@ def perplexity_label(proto) -> str:
     return f"perplexity ({proto.seq_len}-token windows)" if proto else "perplexity"
 
 
-def score_rows(results: Results) -> list[tuple[str, float | None, float | None, str]]:
-    """(label, baseline value, model value, kind) for every number measured on either model."""
+def score_rows(results: Results) -> list[tuple[str, float | None, float | None, str, float | None]]:
+    """(label, baseline value, model value, kind, noise) for every number measured on either model; noise: the
+    larger relative spread of two timings' repeats, where they were timed (a smaller difference is noise)."""
     base = results.baseline or Measurement(model="")
     rows = [
-        ("parameters", base.params, results.params, "int"),
-        ("weights on disk", base.disk_bytes, results.disk_bytes, "bytes"),
-        ("KV cache per token", base.kv_bytes_per_token, results.kv_bytes_per_token, "bytes"),
-        (perplexity_label(results.perplexity_protocol), base.perplexity, results.perplexity, "ppl"),
+        ("parameters", base.params, results.params, "int", None),
+        ("weights on disk", base.disk_bytes, results.disk_bytes, "bytes", None),
+        ("KV cache per token", base.kv_bytes_per_token, results.kv_bytes_per_token, "bytes", None),
+        (perplexity_label(results.perplexity_protocol), base.perplexity, results.perplexity, "ppl", None),
     ]
     a, b = results.speed, base.speed
     if a or b:
@@ -346,6 +347,7 @@ def score_rows(results: Results) -> list[tuple[str, float | None, float | None, 
                     get(b, "peak_generation_memory_bytes"),
                     get(a, "peak_generation_memory_bytes"),
                     "bytes",
+                    None,
                 )
             )
         tokens = (a or b).decode_tokens
@@ -355,6 +357,7 @@ def score_rows(results: Results) -> list[tuple[str, float | None, float | None, 
                 get(b, "decode_tokens_per_s"),
                 get(a, "decode_tokens_per_s"),
                 "rate",
+                _noise(get(a, "decode_spread"), get(b, "decode_spread")),
             )
         )
         points = sorted({(p.batch, p.prompt_tokens) for s in (a, b) if s for p in s.latency})
@@ -362,34 +365,41 @@ def score_rows(results: Results) -> list[tuple[str, float | None, float | None, 
             rows.append(
                 (
                     f"1-token latency (batch {batch}, {length}-token prompts)",
-                    _latency(b, batch, length),
-                    _latency(a, batch, length),
+                    _latency(b, batch, length, "seconds"),
+                    _latency(a, batch, length, "seconds"),
                     "s",
+                    _noise(_latency(a, batch, length, "spread"), _latency(b, batch, length, "spread")),
                 )
             )
     for task in sorted(set(results.tasks) | set(base.tasks)):
         info = results.tasks.get(task) or base.tasks[task]
         local = ", local task" if info.local else ""
         label = f"{task} ({info.metric}, {info.num_fewshot}-shot{local})"
-        rows.append((label, _task(base, task), _task(results, task), "acc"))
+        rows.append((label, _task(base, task), _task(results, task), "acc", None))
     return rows
 
 
-def _latency(speed, batch: int, length: int) -> float | None:
-    return (
-        next((p.seconds for p in speed.latency if (p.batch, p.prompt_tokens) == (batch, length)), None)
-        if speed
-        else None
-    )
+def _noise(*spreads: float | None) -> float | None:
+    known = [s for s in spreads if s is not None]
+    return max(known) if known else None
+
+
+def _latency(speed, batch: int, length: int, attr: str) -> float | None:
+    point = next((p for p in speed.latency if (p.batch, p.prompt_tokens) == (batch, length)), None) if speed else None
+    return getattr(point, attr) if point else None
 
 
 def _task(m: Measurement, task: str) -> float | None:
     return m.tasks[task].value if task in m.tasks else None
 
 
-def ratio(before, after) -> str:
+NOISY = "≈"  # marks a ratio of timings that differs from 1 by less than their repeats spread
+
+
+def ratio(before, after, noise: float | None = None) -> str:
     if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
-        return f"{after / before:.3f}"
+        r = after / before
+        return f"{r:.3f}{NOISY if noise is not None and abs(r - 1) < noise else ''}"
     return "-"
 
 
@@ -402,8 +412,9 @@ def _scores(results: Results | None, healed: bool = False) -> str:
     if not results:
         return f"Not measured yet (params: {NOT_MEASURED}; perplexity: {NOT_MEASURED}; speed: {NOT_MEASURED})."
     lines = ["| | source | pruned | pruned / source |", "|---|---:|---:|---:|"]
-    for label, before, after, kind in score_rows(results):
-        lines.append(f"| {label} | {fmt(before, kind)} | {fmt(after, kind)} | {ratio(before, after)} |")
+    rows = score_rows(results)
+    for label, before, after, kind, noise in rows:
+        lines.append(f"| {label} | {fmt(before, kind)} | {fmt(after, kind)} | {ratio(before, after, noise)} |")
     notes = []
     if proto := results.perplexity_protocol:
         notes.append(
@@ -417,6 +428,12 @@ def _scores(results: Results | None, healed: bool = False) -> str:
             f"Speed: median of repeated runs after a warm-up, both models in the same run, on {speed.device}"
             + (f" with {speed.threads} CPU thread{'s' * (speed.threads > 1)}" if speed.threads else "")
             + f" in {speed.dtype}; time to predict one token for a batch of prompts (Tyukin et al. 2024, §3.3)."
+            + (
+                f" {NOISY}: the two models differ by less than the repeats spread (interquartile range over median), "
+                "so that ratio is noise, not an effect; measure again on a quiet machine."
+                if any(ratio(b, a, n).endswith(NOISY) for _, b, a, _, n in rows)
+                else ""
+            )
         )
     if results.tasks:
         limits = {r.limit for r in results.tasks.values()}

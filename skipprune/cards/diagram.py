@@ -10,7 +10,7 @@ from pathlib import Path
 from ..prune.plan import PrunePlan
 
 # Okabe-Ito blue and orange: told apart with every common colour-vision deficiency (red/green is not)
-KEPT, REMOVED, BLOCK = "#0072B2", "#E69F00", "#9e9e9e"
+KEPT, REMOVED, BLOCK = "#0072b2", "#e69f00", "#9e9e9e"
 
 
 def layer_colors(plan: PrunePlan) -> list[tuple[str, str]]:

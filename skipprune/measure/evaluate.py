@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..cards.card import fmt, ratio, score_rows
+from ..cards.card import NOISY, fmt, ratio, score_rows
 from ..errors import MeasureError
 from ..prune.suggest import Importance
 from ..records import Measurement, Results
@@ -99,11 +99,18 @@ def table(results: Results) -> str:
     """A readable before/after table for stdout."""
     base = results.baseline is not None
     lines = [f"{'':44}{'model':>16}" + (f"{'baseline':>16}{'ratio':>9}" if base else "")]
-    for label, before, after, kind in score_rows(results):
+    noisy = False
+    for label, before, after, kind, noise in score_rows(results):
         line = f"{label:44}{fmt(after, kind):>16}"
         if base:
-            line += f"{fmt(before, kind):>16}{ratio(before, after):>9}"
+            cell = ratio(before, after, noise)
+            noisy |= cell.endswith(NOISY)
+            line += f"{fmt(before, kind):>16}{cell:>9}"
         lines.append(line)
+    if noisy:
+        lines.append(
+            f"{NOISY} within noise: the repeats spread more than the two models differ; measure on a quiet machine"
+        )
     return "\n".join(lines)
 
 

@@ -47,8 +47,9 @@ def kv_bytes_per_token(model, tokens: int = 8) -> int:
     return total // tokens
 
 
-def alternating_medians(runs: list, repeats: int = 7) -> list[float]:
-    """Median wall seconds of each callable; they take turns within every repeat (after one warm-up round)."""
+def alternating_times(runs: list, repeats: int = 7) -> list[list[float]]:
+    """Wall seconds of each callable in every repeat; they take turns within every repeat (after one warm-up
+    round)."""
     times: list[list[float]] = [[] for _ in runs]
     for r in range(repeats + 1):
         for k, run in enumerate(runs):
@@ -56,7 +57,24 @@ def alternating_medians(runs: list, repeats: int = 7) -> list[float]:
             run()
             if r:
                 times[k].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
+    return times
+
+
+def alternating_medians(runs: list, repeats: int = 7) -> list[float]:
+    return [statistics.median(t) for t in alternating_times(runs, repeats)]
+
+
+def relative_spread(times: list[float]) -> float:
+    """Interquartile range of the repeats over their median: a difference between two models smaller than
+    this is noise, not an effect."""
+    q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+    return (q3 - q1) / statistics.median(times)
+
+
+def within_noise(ratio: float, *spreads: float | None) -> bool:
+    """Whether a ratio of two timed medians differs from 1 by less than either one's spread."""
+    known = [s for s in spreads if s is not None]
+    return bool(known) and abs(ratio - 1) < max(known)
 
 
 def prompt_batch(model, batch: int, length: int):
@@ -75,14 +93,14 @@ def predict_one_token(model, ids) -> None:
     _sync(model)
 
 
-def interleaved_latency(models: list, batch: int, length: int, repeats: int = 7) -> list[float]:
-    """Median seconds to predict the next token for `batch` prompts of `length` tokens (prefill)."""
+def interleaved_latency(models: list, batch: int, length: int, repeats: int = 7) -> list[list[float]]:
+    """Seconds to predict the next token for `batch` prompts of `length` tokens (prefill), every repeat."""
     batches = [prompt_batch(m, batch, length) for m in models]
-    return alternating_medians([lambda m=m, x=x: predict_one_token(m, x) for m, x in zip(models, batches)], repeats)
+    return alternating_times([lambda m=m, x=x: predict_one_token(m, x) for m, x in zip(models, batches)], repeats)
 
 
-def interleaved_decode(models: list, tokens: int = DECODE_TOKENS, repeats: int = 3) -> list[float]:
-    """Median greedy decode speed (tokens/s) of a `tokens`-token generation from a short prompt."""
+def interleaved_decode(models: list, tokens: int = DECODE_TOKENS, repeats: int = 3) -> list[list[float]]:
+    """Seconds of a greedy `tokens`-token generation from a short prompt, every repeat."""
     import torch
 
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
@@ -93,8 +111,7 @@ def interleaved_decode(models: list, tokens: int = DECODE_TOKENS, repeats: int =
             model.generate(ids.to(input_device(model)), **kw)
         _sync(model)
 
-    seconds = alternating_medians([lambda m=m: run(m) for m in models], repeats)
-    return [tokens / s for s in seconds]
+    return alternating_times([lambda m=m: run(m) for m in models], repeats)
 
 
 def _sync(model) -> None:
@@ -120,9 +137,14 @@ def speed(models: list, batch: int = BATCH) -> list[Speed]:
     ]
     for length in PROMPT_LENGTHS:
         for s, t in zip(out, interleaved_latency(models, batch, length)):
-            s.latency.append(Latency(batch=batch, prompt_tokens=length, seconds=t))
-    for s, rate, model in zip(out, interleaved_decode(models), models):
-        s.decode_tokens_per_s = rate
+            s.latency.append(
+                Latency(
+                    batch=batch, prompt_tokens=length, seconds=statistics.median(t), spread=round(relative_spread(t), 4)
+                )
+            )
+    for s, t, model in zip(out, interleaved_decode(models), models):
+        s.decode_tokens_per_s = DECODE_TOKENS / statistics.median(t)
+        s.decode_spread = round(relative_spread(t), 4)
         s.peak_generation_memory_bytes = peak_generation_memory(model)
     return out
 

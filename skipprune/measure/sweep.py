@@ -9,9 +9,11 @@ is restored after each point. Latency: at each point the full and the pruned mod
 from __future__ import annotations
 
 import logging
+import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from ..cards.card import NOISY
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from ..prune.suggest import KEEP, KINDS, paper_grid
@@ -32,6 +34,7 @@ class SweepRow:
     one_token_s: float | None = None  # batch 8, 50-token prompts
     full_model_one_token_s: float | None = None
     tasks: dict[str, float] = field(default_factory=dict)
+    latency_spread: float | None = None  # the larger relative spread of the two timings' repeats
 
     @property
     def latency_ratio(self) -> float | None:
@@ -74,18 +77,29 @@ def run_sweep(model, family: Family, measure_point, with_speed: bool = True) -> 
         log.info("  %s%s ...", label, " +last" if point.keep_last_layer else "")
         with removed_in_place(model, plan, family):
             ppl, protocol, tasks = measure_point(model)
-        latency = base = None
+        latency = base = spread = None
         if with_speed:  # full and pruned take turns at every point, so each ratio compares like with like
 
             def pruned(plan=plan):
                 with removed_in_place(model, plan, family):
                     speed.predict_one_token(model, prompts)
 
-            base, latency = speed.alternating_medians([lambda: speed.predict_one_token(model, prompts), pruned])
+            times = speed.alternating_times([lambda: speed.predict_one_token(model, prompts), pruned])
+            base, latency = map(statistics.median, times)
+            spread = round(max(map(speed.relative_spread, times)), 4)
         removed = sorted(plan.drop_attention | plan.drop_mlp)
         rows.append(
             SweepRow(
-                point.kind, point.kept_percent, point.keep_last_layer, removed, ppl, protocol, latency, base, tasks
+                point.kind,
+                point.kept_percent,
+                point.keep_last_layer,
+                removed,
+                ppl,
+                protocol,
+                latency,
+                base,
+                tasks,
+                spread,
             )
         )
     return rows
@@ -109,10 +123,14 @@ def tables(rows: list[SweepRow]) -> str:
             )
 
             def lat(r):
-                return f"{r.latency_ratio:.3f}" if r.latency_ratio else "-"
+                if not r.latency_ratio:
+                    return "-"
+                return f"{r.latency_ratio:.3f}{NOISY if speed.within_noise(r.latency_ratio, r.latency_spread) else ''}"
 
             removed = ",".join(map(str, a.removed_layers))
             out.append(f"{keep:>5}% {removed:>18} {a.perplexity:>9.2f} {b.perplexity:>12.2f} {lat(a):>8} {lat(b):>12}")
+    if any(NOISY in line for line in out):
+        out.append(f"\n{NOISY} within noise: the repeats spread more than the two models differ")
     return "\n".join(out)
 
 
