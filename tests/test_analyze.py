@@ -171,3 +171,22 @@ def test_plots_say_how_to_read_them():
     assert labels and all("10^" not in t and "times" not in t and "×" not in t for t in labels), labels
     assert fig.axes[0].get_ylabel() == "perplexity (256-token windows)"
     assert "not measured" in fig.axes[1].texts[0].get_text()  # no latency measured: said, not left empty
+
+
+def test_sweep_marks_latency_ratios_within_noise():
+    from skipprune.cards.card import NOISY
+    from skipprune.measure.sweep import SweepRow, tables
+    from skipprune.records import PerplexityProtocol
+
+    proto = PerplexityProtocol("file t.txt", 4096, 16, 256, 4080)
+    rows = [SweepRow("full", 100, False, [], 40.0, proto, 0.1, 0.1)]
+    for kind in ("attention", "mlp", "blocks"):
+        for keep in (90, 75, 66):
+            for last in (False, True):
+                # MLP: 2 % slower with repeats spreading 30 %; the rest 20 % faster with 1 % spread
+                slow = kind == "mlp"
+                t, spread = (0.102, 0.3) if slow else (0.08, 0.01)
+                rows.append(SweepRow(kind, keep, last, [3], 41.0, proto, t, 0.1, {}, spread))
+    text = tables(rows)
+    assert f"1.020{NOISY}" in text and f"0.800{NOISY}" not in text and "0.800" in text
+    assert f"{NOISY} within noise" in text

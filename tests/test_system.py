@@ -3,6 +3,7 @@ computes with one thread per core other processes leave free, unless told."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import torch
@@ -63,3 +64,27 @@ def test_the_thread_note_comes_with_progress_not_with_a_one_line_error(monkeypat
         assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1 and "busy" not in res.output
     finally:
         torch.set_num_threads(default)
+
+
+def test_loading_bars_wait_two_seconds(monkeypatch, tmp_path):
+    """transformers' "Loading weights" bar shows only for a load over 2 s; other bars are left alone."""
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr("skipprune.demo.run_demo", lambda output, overwrite: None)
+    previous, active, threads = (
+        hf_logging.set_tqdm_hook(None),
+        hf_logging.is_progress_bar_enabled(),
+        torch.get_num_threads(),
+    )
+    hf_logging.enable_progress_bar()  # real bars, so their settings can be read
+    try:
+        assert CliRunner().invoke(main, ["--threads", "1", "demo", str(tmp_path / "d")]).exit_code == 0
+        bar = hf_logging.tqdm(range(2), desc="Loading weights", file=io.StringIO())
+        other = hf_logging.tqdm(range(2), desc="Downloading", file=io.StringIO())
+        assert bar.delay == 2 and other.delay == 0
+        bar.close(), other.close()
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+        if not active:
+            hf_logging.disable_progress_bar()
+        torch.set_num_threads(threads)
