@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import skipprune
 from skipprune.export.anatomy import family_of, shrink
+from skipprune.export.source import read_config
 from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
 
@@ -85,7 +86,7 @@ SUBLAYERS = sorted(
 )
 # Whole blocks only: blocks that do not split into one attention and one MLP module (state-space and hybrid
 # models among them).
-BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "mamba", "qwen3_5"]
+BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "mamba", "nemotron_h", "qwen3_5"]
 BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY)
 
 
@@ -103,7 +104,7 @@ def tiny_source(folder, model_type: str):
 
 
 def check_export(src, out, plan):
-    family = family_of(json.loads((src / "config.json").read_text()))
+    family = family_of(read_config(src, "src"))  # decoded as transformers reads it (inf in nemotron_h)
     skipprune.export(src, out, plan)
     vocab = AutoConfig.from_pretrained(src).get_text_config(decoder=True).vocab_size
     ids = torch.randint(3, min(vocab, 200), (2, 10), generator=torch.Generator().manual_seed(1))
@@ -252,3 +253,14 @@ def test_multimodal_keeps_its_tower_and_processor(tmp_path):
         for name in tower:  # written under the loaded model's names (model.vision_tower...), same bytes
             a, b = s.get_tensor(name), o.get_tensor("model." + name)
             assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_infinite_floats_keep_transformers_spelling(tmp_path):
+    """Nemotron-H's time_step_limit holds inf, which transformers writes as {"__float__": "Infinity"}: read back as
+    a float, written again the same way (bare Infinity is not JSON)."""
+    src = tiny_source(tmp_path / "src", "nemotron_h")
+    assert read_config(src, "src")["time_step_limit"] == [0.0, float("inf")]
+    skipprune.export(src, tmp_path / "out", PrunePlan(N, {1}, {1}))
+    text = (tmp_path / "out" / "config.json").read_text()
+    assert '"__float__": "Infinity"' in text and "Infinity," not in text.replace('"Infinity"', "")
+    assert AutoConfig.from_pretrained(tmp_path / "out").time_step_limit[1] == float("inf")

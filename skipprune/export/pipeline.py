@@ -35,7 +35,7 @@ from ..records import ByteCounts, ExportRecord, PlanFile, SourceRef, Verificatio
 from ..system import Flusher, available_memory, fsync_path, fsync_tree, placement_options
 from . import anatomy, layout, nas, verify
 from .remote import NAS_FILES, REMOTE_FILES
-from .source import TOKENIZER_FILES, Source, open_source
+from .source import TOKENIZER_FILES, Source, config_floats, open_source
 from .writer import parse_size, write_shards
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,8 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def _write_side_files(folder: Path, src: Source, config: dict, code: tuple[str, ...]) -> None:
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(config_floats(config, encode=True), indent=2)
+    (folder / "config.json").write_text(text + "\n", encoding="utf-8")
     layout.copy_remote_code(folder, code)
     for name in (*TOKENIZER_FILES, "generation_config.json"):
         if (src.path / name).is_file():

@@ -112,9 +112,16 @@ def text_config(config: dict) -> dict:
     return config["text_config"] if isinstance(config.get("text_config"), dict) else config
 
 
+# Per-layer patterns that are the layer count where no key counts them (Nemotron-H: one entry per block).
+PATTERN_KEYS = ("layers_block_type",)
+
+
 def layer_count(config: dict) -> int | None:
     text = text_config(config)
-    return next((text[k] for k in LAYER_KEYS if type(text.get(k)) is int), None)
+    count = next((text[k] for k in LAYER_KEYS if type(text.get(k)) is int), None)
+    if count is None and not any(k in text for k in LAYER_KEYS):
+        count = next((len(text[k]) for k in PATTERN_KEYS if isinstance(text.get(k), list) and text[k]), None)
+    return count
 
 
 def open_source(source: str, revision: str | None = None, check_config=None) -> Source:
@@ -126,8 +133,8 @@ def open_source(source: str, revision: str | None = None, check_config=None) -> 
     if check_config:
         check_config(config)
     text = text_config(config)
-    key = next((k for k in LAYER_KEYS if k in text), "num_hidden_layers")
-    layers = text.get(key)
+    key = next((k for k in LAYER_KEYS + PATTERN_KEYS if k in text), "num_hidden_layers")
+    layers = text.get(key) if key in LAYER_KEYS else layer_count(config)
     if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
         raise SourceError(
             f"{source}: config.json has {key}={layers!r}, not a positive whole number; "
@@ -147,7 +154,24 @@ def read_config(folder: Path, label: str) -> dict:
         raise SourceError(f"{path}: not readable JSON ({e}); restore config.json from the original model") from None
     if not isinstance(config, dict):
         raise SourceError(f"{path}: not a JSON object; restore config.json from the original model")
-    return config
+    return config_floats(config)
+
+
+# transformers writes the floats JSON lacks (inf, nan) in config.json as {"__float__": "Infinity"}
+_SPECIAL = {"Infinity": math.inf, "-Infinity": -math.inf, "NaN": math.nan}
+
+
+def config_floats(value, encode: bool = False):
+    """`value` with transformers' config.json spelling of inf and nan decoded into floats, or `encode`d back."""
+    if encode and isinstance(value, float) and not math.isfinite(value):
+        return {"__float__": "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"}
+    if isinstance(value, dict):
+        if not encode and value.keys() == {"__float__"} and value["__float__"] in _SPECIAL:
+            return _SPECIAL[value["__float__"]]
+        return {k: config_floats(v, encode) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [config_floats(v, encode) for v in value]
+    return value
 
 
 def resolve_folder(source: str, revision: str | None = None) -> tuple[Path, str | None]:
