@@ -86,12 +86,27 @@ SUBLAYERS = sorted(
 )
 # Whole blocks only: blocks that do not split into one attention and one MLP module (state-space and hybrid
 # models among them).
-BLOCKS_ONLY = ["biogpt", "bloom", "cpmant", "ctrl", "deepseek_v4", "falcon_mamba", "mamba", "nemotron_h", "qwen3_5"]
+BLOCKS_ONLY = [
+    "bamba",
+    "biogpt",
+    "bloom",
+    "cpmant",
+    "ctrl",
+    "deepseek_v4",
+    "falcon_mamba",
+    "granitemoehybrid",
+    "mamba",
+    "nemotron_h",
+    "qwen3_5",
+]
+# Defaults that have no attention layer at all (Granite-4 hybrid: every layer Mamba-2). transformers' cached
+# generation needs one attention layer to count tokens, so the toy gets one (not in block 1, which tests remove).
+TOY_OVERRIDES = {"granitemoehybrid": {"layer_types": ["linear_attention"] * 2 + ["full_attention", "linear_attention"]}}
 BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY)
 
 
 def tiny_source(folder, model_type: str):
-    config = shrink(AutoConfig.for_model(model_type).to_dict(), N)
+    config = shrink(AutoConfig.for_model(model_type).to_dict(), N) | TOY_OVERRIDES.get(model_type, {})
     config.pop("model_type", None)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config))
@@ -141,7 +156,7 @@ def test_layer_major_execution_equals_a_plain_forward(model_type):
     the logits must be a plain forward's, bit for bit, whatever the family hands its blocks."""
     from skipprune.measure.stream import LayerMajor
 
-    config = shrink(AutoConfig.for_model(model_type).to_dict(), N)
+    config = shrink(AutoConfig.for_model(model_type).to_dict(), N) | TOY_OVERRIDES.get(model_type, {})
     config.pop("model_type", None)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config)).eval()
@@ -264,3 +279,13 @@ def test_infinite_floats_keep_transformers_spelling(tmp_path):
     text = (tmp_path / "out" / "config.json").read_text()
     assert '"__float__": "Infinity"' in text and "Infinity," not in text.replace('"Infinity"', "")
     assert AutoConfig.from_pretrained(tmp_path / "out").time_step_limit[1] == float("inf")
+
+
+def test_toys_keep_every_kind_of_layer():
+    """A toy of a hybrid keeps the first layer of each kind its pattern names, and its lists of layer numbers
+    follow the new numbering."""
+    toy = shrink(AutoConfig.for_model("qwen3_next").to_dict(), N)
+    assert set(toy["layer_types"]) == {"linear_attention", "full_attention"} and len(toy["layer_types"]) == N
+    toy = shrink(AutoConfig.for_model("zamba2").to_dict(), N)
+    assert [toy["layers_block_type"][i] for i in toy["hybrid_layer_ids"]] == ["hybrid"]
+    assert shrink(AutoConfig.for_model("bamba").to_dict(), N)["attn_layer_indices"] == [N // 2]

@@ -54,6 +54,23 @@ _TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_to
 NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens"}
 
 
+def _indices(value: list, n: int) -> bool:
+    return bool(value) and all(type(i) is int and 0 <= i < n for i in value)
+
+
+def _toy_layers(config: dict, n: int, layers: int) -> list[int]:
+    """Which of the n layers a toy keeps: the first `layers`, except that every kind of layer a per-layer pattern
+    names (full and linear attention, hybrid, ...) keeps its first one, so a hybrid toy stays hybrid."""
+    firsts: dict = {}
+    for key, value in config.items():
+        if isinstance(value, list) and len(value) == n and key not in NOT_PER_LAYER:
+            for i, kind in enumerate(value):
+                if isinstance(kind, str):
+                    firsts.setdefault((key, kind), i)
+    keep = sorted(set(list(firsts.values())[:layers]))
+    return sorted(keep + [i for i in range(n) if i not in keep][: layers - len(keep)])
+
+
 def shrink(config: dict, layers: int = TOY_LAYERS) -> dict:
     """The same family and options at toy size: sizes from a small table where the config has them, per-layer
     lists cut to their first `layers` entries, token ids kept inside the small vocabulary."""
@@ -64,16 +81,25 @@ def shrink(config: dict, layers: int = TOY_LAYERS) -> dict:
     if "text_config" in out:
         return out
     n = layer_count(out)
+    keep = _toy_layers(out, n, layers) if n else []
     for key, value in list(out.items()):
         if isinstance(value, list) and n and len(value) == n and key not in NOT_PER_LAYER:
-            out[key] = value[:layers]
+            out[key] = [value[i] for i in keep]
+        elif isinstance(value, list) and n and ("layer" in key or "ids" in key) and _indices(value, n):
+            out[key] = [keep.index(i) for i in value if i in keep]  # layer numbers, e.g. hybrid_layer_ids
         elif key in _SMALL and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SMALL[key]
+    if "attn_layer_indices" in config and not out.get("attn_layer_indices"):
+        out["attn_layer_indices"] = [layers // 2]  # bamba: no attention by default; the toy gets both kinds
     for key in LAYER_KEYS:
         if isinstance(out.get(key), int):
             out[key] = layers
     if config.get("num_key_value_heads") == config.get("num_attention_heads") and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out["num_attention_heads"]  # no grouped queries in the family: keep it so
+    if all(isinstance(out.get(k), int) for k in ("mamba_expand", "mamba_n_heads", "mamba_d_head")):
+        # Mamba-2 mixers (bamba, granite-4 hybrid) check that heads x head size = expand x hidden size
+        out["mamba_d_head"] = 16
+        out["mamba_n_heads"] = out["mamba_expand"] * out["hidden_size"] // 16
     if isinstance(out.get("qk_rope_head_dim"), int):  # multi-head latent attention derives its head sizes
         out["head_dim"] = out["qk_rope_head_dim"]
         out.pop("qk_head_dim", None)
