@@ -166,7 +166,7 @@ def heal(
             batch,
             score_text,
             seed,
-        ),  # fmt: skip
+        ),
     )
     state = {k: v.detach() for k, v in model.state_dict().items()}
     return HealResult(out, _write(folder, out, record, healing, state, trained, overwrite), curve)
