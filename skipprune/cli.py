@@ -170,16 +170,47 @@ def main(ctx, threads):
         logger.addHandler(progress := _Progress())
     logger.setLevel(logging.INFO)
     if ctx.invoked_subcommand in _COMPUTE and "--help" not in sys.argv:
-        from .system import set_threads
+        # only once torch / transformers are imported: a command that fails on bad input never pays for that
+        def set_threads(torch) -> None:
+            from .system import set_threads
 
-        progress.note = set_threads(threads)
-        _quiet_loading_bars()
+            before = torch.get_num_threads()
+            progress.note = set_threads(threads)
+            ctx.call_on_close(lambda: torch.set_num_threads(before))  # Python callers keep their setting
+
+        _after_import("torch", set_threads)
+        _after_import("transformers.utils.logging", _quiet_loading_bars)
 
 
-def _quiet_loading_bars() -> None:
+def _after_import(module: str, callback) -> None:
+    """Call `callback(module)` now if `module` is imported, else right after it is."""
+    if module in sys.modules:
+        return callback(sys.modules[module])
+    import importlib.abc
+    import importlib.util
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name != module:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is not None and spec.loader is not None:
+                load = spec.loader.exec_module
+
+                def exec_module(mod):
+                    load(mod)
+                    callback(mod)
+
+                spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Finder())
+
+
+def _quiet_loading_bars(hf_logging) -> None:
     """transformers draws a "Loading weights" bar for every model it loads, 2 to 4 per command; show one only
     when the load takes more than 2 seconds."""
-    from transformers.utils import logging as hf_logging
 
     def hook(factory, args, kwargs):
         if kwargs.get("desc") == "Loading weights":

@@ -341,7 +341,7 @@ class Results(_Versioned, Measurement):
         if not path.is_file():
             raise RecordError(f"{path}: no such results file; write one with `skipprune eval --json`")
         data = _read(path, "write it again with `skipprune eval --json`")
-        if not isinstance(data, dict) or "model" not in data:
+        if not isinstance(data, dict) or ("model" not in data and _kind_of(data)):
             raise RecordError(
                 f"{path} is not a results file{_kind_of(data)}; write one with `skipprune eval EXPORT --json FILE`"
             )

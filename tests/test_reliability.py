@@ -107,7 +107,7 @@ def export_dir(family_sources, tmp_path):
         ('{"schema_version": 2, "params": 3}', "model is missing"),
         ('{"schema_version": 2, "model": "x", "speed": {"device": "cpu"}}', "speed.dtype is missing"),
         ('{"schema_version": 99, "model": "x"}', "newer than this skipprune reads"),
-        ("[1, 2]", "must be an object"),
+        ("[1, 2]", "is not a results file"),
     ],
 )
 def test_card_refuses_bad_results_without_touching_the_export(export_dir, tmp_path, content, needle):
