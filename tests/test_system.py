@@ -49,6 +49,7 @@ def test_cli_threads_option(monkeypatch, tmp_path):
         res = CliRunner().invoke(main, ["--threads", "1", "demo", str(tmp_path / "d")])
         assert res.exit_code == 0, res.output
         assert seen == [1] and "busy" not in res.output
+        assert torch.get_num_threads() == default  # restored when the command ends: a Python caller keeps its own
     finally:
         torch.set_num_threads(default)
 
