@@ -16,15 +16,15 @@ def _pyplot():
     return plt
 
 
-def _plain_log_labels(axis, minor: bool = True) -> None:
-    """Tick labels on a log axis as plain numbers (40, 100), not 4 × 10¹; `minor`: label the ticks between
-    powers of ten too (for an axis spanning less than a decade)."""
-    from matplotlib.ticker import FuncFormatter
+def _plain_log_labels(ax) -> None:
+    """Tick labels on a log y axis as plain numbers (40, 1,000), not 4 × 10¹; the ticks between powers of ten
+    are labelled too when the data span less than a decade (call after plotting)."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    plain = FuncFormatter(lambda v, _: f"{v:g}")
-    axis.set_major_formatter(plain)
-    if minor:
-        axis.set_minor_formatter(plain)
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 10 else f"{v:g}")
+    low, high = ax.dataLim.intervaly
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain if low > 0 and high / low < 10 else NullFormatter())
 
 
 def plot_importance(imp: Importance, path: Path, title: str, text: str | None = None) -> Path:
@@ -59,7 +59,7 @@ def importance_figure(imp: Importance, title: str, text: str | None = None):
         ylabel="change to the residual stream (lower = safer to remove)",
         yscale="log",
     )
-    _plain_log_labels(a.yaxis, minor=False)
+    _plain_log_labels(a)
     a.legend(fontsize=8)
     a.set_title("per-layer importance: lower is safer to remove (grey: FFN cold regions)", fontsize=10)
     for n_win, dist in sorted(imp.angular.items())[:: max(1, len(imp.angular) // 6)]:
@@ -89,7 +89,7 @@ def sweep_figure(rows, title: str):
                 b.plot([p[0] for p in pts], [p[2] for p in pts], style, color=color, label=label)
     proto = base.perplexity_protocol
     a.set(xlabel="% of layers keeping the sublayer", ylabel=f"perplexity ({proto.seq_len}-token windows)", yscale="log")
-    _plain_log_labels(a.yaxis)
+    _plain_log_labels(a)
     a.invert_xaxis()
     a.legend(fontsize=7)
     b.set(xlabel="% of layers keeping the sublayer", ylabel="1-token latency / full model")
