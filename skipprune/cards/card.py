@@ -394,12 +394,24 @@ def _task(m: Measurement, task: str) -> float | None:
 
 
 NOISY = "≈"  # marks a ratio of timings that differs from 1 by less than their repeats spread
+NOISE_NOTE = (
+    f"{NOISY} within noise: the two models differ by less than the repeats spread (interquartile range over "
+    "median), so that ratio is noise, not an effect; measure again on a quiet machine."
+)
+
+
+def _numbers(before, after) -> bool:
+    return isinstance(before, (int, float)) and isinstance(after, (int, float)) and bool(before)
+
+
+def noisy(before, after, noise: float | None) -> bool:
+    """Whether two timings differ by less than `noise`, the relative spread of their repeats."""
+    return noise is not None and _numbers(before, after) and abs(after / before - 1) < noise
 
 
 def ratio(before, after, noise: float | None = None) -> str:
-    if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
-        r = after / before
-        return f"{r:.3f}{NOISY if noise is not None and abs(r - 1) < noise else ''}"
+    if _numbers(before, after):
+        return f"{after / before:.3f}{NOISY if noisy(before, after, noise) else ''}"
     return "-"
 
 
@@ -428,12 +440,7 @@ def _scores(results: Results | None, healed: bool = False) -> str:
             f"Speed: median of repeated runs after a warm-up, both models in the same run, on {speed.device}"
             + (f" with {speed.threads} CPU thread{'s' * (speed.threads > 1)}" if speed.threads else "")
             + f" in {speed.dtype}; time to predict one token for a batch of prompts (Tyukin et al. 2024, §3.3)."
-            + (
-                f" {NOISY}: the two models differ by less than the repeats spread (interquartile range over median), "
-                "so that ratio is noise, not an effect; measure again on a quiet machine."
-                if any(ratio(b, a, n).endswith(NOISY) for _, b, a, _, n in rows)
-                else ""
-            )
+            + (f" {NOISE_NOTE}" if any(noisy(b, a, n) for _, b, a, _, n in rows) else "")
         )
     if results.tasks:
         limits = {r.limit for r in results.tasks.values()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from ..cards.card import NOISY, fmt, ratio, score_rows
+from ..cards.card import NOISE_NOTE, fmt, noisy, ratio, score_rows
 from ..errors import MeasureError
 from ..prune.suggest import Importance
 from ..records import Measurement, Results
@@ -99,18 +99,14 @@ def table(results: Results) -> str:
     """A readable before/after table for stdout."""
     base = results.baseline is not None
     lines = [f"{'':44}{'model':>16}" + (f"{'baseline':>16}{'ratio':>9}" if base else "")]
-    noisy = False
-    for label, before, after, kind, noise in score_rows(results):
+    rows = score_rows(results)
+    for label, before, after, kind, noise in rows:
         line = f"{label:44}{fmt(after, kind):>16}"
         if base:
-            cell = ratio(before, after, noise)
-            noisy |= cell.endswith(NOISY)
-            line += f"{fmt(before, kind):>16}{cell:>9}"
+            line += f"{fmt(before, kind):>16}{ratio(before, after, noise):>9}"
         lines.append(line)
-    if noisy:
-        lines.append(
-            f"{NOISY} within noise: the repeats spread more than the two models differ; measure on a quiet machine"
-        )
+    if base and any(noisy(before, after, noise) for _, before, after, _, noise in rows):
+        lines.append(NOISE_NOTE)
     return "\n".join(lines)
 
 

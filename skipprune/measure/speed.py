@@ -60,21 +60,11 @@ def alternating_times(runs: list, repeats: int = 7) -> list[list[float]]:
     return times
 
 
-def alternating_medians(runs: list, repeats: int = 7) -> list[float]:
-    return [statistics.median(t) for t in alternating_times(runs, repeats)]
-
-
 def relative_spread(times: list[float]) -> float:
     """Interquartile range of the repeats over their median: a difference between two models smaller than
     this is noise, not an effect."""
     q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
     return (q3 - q1) / statistics.median(times)
-
-
-def within_noise(ratio: float, *spreads: float | None) -> bool:
-    """Whether a ratio of two timed medians differs from 1 by less than either one's spread."""
-    known = [s for s in spreads if s is not None]
-    return bool(known) and abs(ratio - 1) < max(known)
 
 
 def prompt_batch(model, batch: int, length: int):

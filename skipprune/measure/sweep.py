@@ -13,7 +13,7 @@ import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from ..cards.card import NOISY
+from ..cards.card import NOISE_NOTE, noisy, ratio
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from ..prune.suggest import KEEP, KINDS, paper_grid
@@ -123,14 +123,12 @@ def tables(rows: list[SweepRow]) -> str:
             )
 
             def lat(r):
-                if not r.latency_ratio:
-                    return "-"
-                return f"{r.latency_ratio:.3f}{NOISY if speed.within_noise(r.latency_ratio, r.latency_spread) else ''}"
+                return ratio(r.full_model_one_token_s, r.one_token_s, r.latency_spread)
 
             removed = ",".join(map(str, a.removed_layers))
             out.append(f"{keep:>5}% {removed:>18} {a.perplexity:>9.2f} {b.perplexity:>12.2f} {lat(a):>8} {lat(b):>12}")
-    if any(NOISY in line for line in out):
-        out.append(f"\n{NOISY} within noise: the repeats spread more than the two models differ")
+    if any(noisy(r.full_model_one_token_s, r.one_token_s, r.latency_spread) for r in rows):
+        out.append(f"\n{NOISE_NOTE}")
     return "\n".join(out)
 
 
