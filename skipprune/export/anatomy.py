@@ -54,8 +54,24 @@ _TOKEN_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_to
 NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id", "suppress_tokens"}
 
 
-def _indices(value: list, n: int) -> bool:
-    return bool(value) and all(type(i) is int and 0 <= i < n for i in value)
+def keep_layers(config: dict, kept: list[int], n: int) -> dict:
+    """`config` (a model's own, not a wrapper's) with only the layers `kept` (ascending, of n): every per-layer
+    list sliced, lists of layer numbers (`mlp_only_layers`, `hybrid_layer_ids`) renumbered, the layer count and
+    `first_k_dense_replace` (dense blocks first) counted again."""
+    out = dict(config)
+    for key, value in config.items():
+        if not isinstance(value, list) or key in NOT_PER_LAYER:
+            continue
+        if len(value) == n:
+            out[key] = [value[i] for i in kept]
+        elif ("layer" in key or "ids" in key) and value and all(type(i) is int and 0 <= i < n for i in value):
+            out[key] = [kept.index(i) for i in value if i in kept]
+    for key in LAYER_KEYS:
+        if isinstance(out.get(key), int):
+            out[key] = len(kept)
+    if isinstance(config.get("first_k_dense_replace"), int):
+        out["first_k_dense_replace"] = sum(1 for i in kept if i < config["first_k_dense_replace"])
+    return out
 
 
 def _toy_layers(config: dict, n: int, layers: int) -> list[int]:
@@ -72,28 +88,21 @@ def _toy_layers(config: dict, n: int, layers: int) -> list[int]:
 
 
 def shrink(config: dict, layers: int = TOY_LAYERS) -> dict:
-    """The same family and options at toy size: sizes from a small table where the config has them, per-layer
-    lists cut to their first `layers` entries, token ids kept inside the small vocabulary."""
+    """The same family and options at toy size: sizes from a small table where the config has them, `layers`
+    layers kept (see _toy_layers), token ids kept inside the small vocabulary."""
     out = {k: v for k, v in config.items() if v is not None and k not in ("transformers_version", "auto_map")}
     for key, value in out.items():  # the parts of a multimodal wrapper: language model, vision tower, ...
         if isinstance(value, dict) and key.endswith("_config") and "model_type" in value:
             out[key] = shrink(value, layers if key == "text_config" else 1)
     if "text_config" in out:
         return out
-    n = layer_count(out)
-    keep = _toy_layers(out, n, layers) if n else []
-    for key, value in list(out.items()):
-        if isinstance(value, list) and n and len(value) == n and key not in NOT_PER_LAYER:
-            out[key] = [value[i] for i in keep]
-        elif isinstance(value, list) and n and ("layer" in key or "ids" in key) and _indices(value, n):
-            out[key] = [keep.index(i) for i in value if i in keep]  # layer numbers, e.g. hybrid_layer_ids
-        elif key in _SMALL and isinstance(value, int) and not isinstance(value, bool):
+    if n := layer_count(out):
+        out = keep_layers(out, _toy_layers(out, n, layers), n)
+    for key, value in out.items():
+        if key in _SMALL and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SMALL[key]
     if "attn_layer_indices" in config and not out.get("attn_layer_indices"):
         out["attn_layer_indices"] = [layers // 2]  # bamba: no attention by default; the toy gets both kinds
-    for key in LAYER_KEYS:
-        if isinstance(out.get(key), int):
-            out[key] = layers
     if config.get("num_key_value_heads") == config.get("num_attention_heads") and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out["num_attention_heads"]  # no grouped queries in the family: keep it so
     if all(isinstance(out.get(k), int) for k in ("mamba_expand", "mamba_n_heads", "mamba_d_head")):

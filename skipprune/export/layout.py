@@ -14,9 +14,9 @@ from pathlib import Path
 from ..prune.families import Family
 from ..prune.plan import PrunePlan
 from . import nas
-from .anatomy import NOT_PER_LAYER
+from .anatomy import NOT_PER_LAYER, keep_layers
 from .remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
-from .source import LAYER_KEYS, Source, layer_count
+from .source import Source, layer_count
 from .writer import OutTensor, output_dtype
 
 
@@ -60,29 +60,10 @@ def map_tensors(
 def stock_config(source_config: dict, plan: PrunePlan) -> dict:
     """The source config with only the kept blocks: the layer count and every per-layer list sliced, lists of
     layer indices renumbered, in the text config of a multimodal wrapper."""
-    if isinstance(source_config.get("text_config"), dict):
-        return {**source_config, "text_config": _cut(source_config["text_config"], plan)}
-    return _cut(source_config, plan)
-
-
-def _cut(config: dict, plan: PrunePlan) -> dict:
     kept = [layer.source for layer in plan.layers]
-    n = plan.num_layers
-    out = dict(config)
-    for key, value in config.items():
-        if not isinstance(value, list) or key in NOT_PER_LAYER:
-            continue
-        if len(value) == n:
-            out[key] = [value[i] for i in kept]
-        elif "layer" in key and value and all(type(i) is int and 0 <= i < n for i in value):
-            # a list of layer indices, e.g. mlp_only_layers
-            out[key] = [plan.output_index(i) for i in value if plan.output_index(i) is not None]
-    for key in LAYER_KEYS:
-        if isinstance(out.get(key), int):
-            out[key] = len(kept)
-    if isinstance(config.get("first_k_dense_replace"), int):  # dense blocks first: count the kept ones
-        out["first_k_dense_replace"] = sum(1 for i in kept if i < config["first_k_dense_replace"])
-    return out
+    if isinstance(source_config.get("text_config"), dict):
+        return {**source_config, "text_config": keep_layers(source_config["text_config"], kept, plan.num_layers)}
+    return keep_layers(source_config, kept, plan.num_layers)
 
 
 def output_config(
