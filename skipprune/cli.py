@@ -169,7 +169,7 @@ def main(ctx, threads):
     if progress is None:
         logger.addHandler(progress := _Progress())
     logger.setLevel(logging.INFO)
-    if ctx.invoked_subcommand in _COMPUTE and "--help" not in sys.argv:
+    if ctx.invoked_subcommand in _COMPUTE:
         # only once torch / transformers are imported: a command that fails on bad input never pays for that
         def set_threads(torch) -> None:
             from .system import set_threads

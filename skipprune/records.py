@@ -341,9 +341,10 @@ class Results(_Versioned, Measurement):
         if not path.is_file():
             raise RecordError(f"{path}: no such results file; write one with `skipprune eval --json`")
         data = _read(path, "write it again with `skipprune eval --json`")
-        if not isinstance(data, dict) or ("model" not in data and _kind_of(data)):
+        other = _kind_of(data)
+        if not isinstance(data, dict) or ("model" not in data and other):
             raise RecordError(
-                f"{path} is not a results file{_kind_of(data)}; write one with `skipprune eval EXPORT --json FILE`"
+                f"{path} is not a results file{other}; write one with `skipprune eval EXPORT --json FILE`"
             )
         return cls.from_dict(data, str(path))
 
