@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 
 import torch
 from click.testing import CliRunner
@@ -15,7 +16,10 @@ from skipprune.cli import main
 
 def test_busy_cores_reads_this_machine():
     busy = system.busy_cores(0.05)
-    assert busy is None or 0 <= busy <= len(os.sched_getaffinity(0)) + 0.01
+    if sys.platform == "linux":  # elsewhere there is no /proc/stat and the answer is None
+        assert busy is not None and 0 <= busy <= len(os.sched_getaffinity(0)) + 0.01
+    else:
+        assert busy is None
 
 
 def test_threads_follow_the_free_cores(monkeypatch):
