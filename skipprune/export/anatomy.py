@@ -98,6 +98,9 @@ def shrink(config: dict, layers: int = TOY_LAYERS) -> dict:
         return out
     if n := layer_count(out):
         out = keep_layers(out, _toy_layers(out, n, layers), n)
+    for key in LAYER_KEYS:  # `layers` layers even where the default has fewer (bloom: 2)
+        if isinstance(out.get(key), int):
+            out[key] = layers
     for key, value in out.items():
         if key in _SMALL and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SMALL[key]
