@@ -225,6 +225,12 @@ def _quiet_loading_bars(hf_logging) -> None:
 @click.argument("source")
 @click.argument("output", type=click.Path(file_okay=False))
 @click.option("--drop-attn", metavar="SPEC", help=f"Remove the attention sublayer of these layers. {SPEC_HELP}")
+@click.option(
+    "--drop-mixer",
+    metavar="SPEC",
+    help="Remove the token mixer of these layers, whatever it is: attention, linear attention, Mamba or "
+    "convolution (hybrid families: Qwen3.5, Jamba, LFM2, Falcon-H1, ...).",
+)
 @click.option("--drop-mlp", metavar="SPEC", help="Remove the MLP sublayer of these layers.")
 @click.option("--drop-blocks", metavar="SPEC", help="Remove these whole decoder blocks.")
 @click.option("--plan", "plan_file", metavar="FILE", help="A plan file from `skipprune search` (instead of --drop-*).")
@@ -316,8 +322,9 @@ def families(model_types, json_path):
     """What can be removed from each decoder family with the installed transformers.
 
     Per MODEL_TYPE (default: every causal LM transformers knows, about ten minutes), each family studied on a tiny
-    random instance of its default config: whole blocks, attention, MLP, and the serving format. Every export
-    is verified anyway; this tells beforehand."""
+    random instance of its default config: whole blocks, attention, MLP, and the serving format. In a hybrid
+    family "attention" is each block's token mixer (attention, linear attention, Mamba, convolution): the last
+    column names them. Every export is verified anyway; this tells beforehand."""
     import json
 
     from tqdm.auto import tqdm
@@ -337,6 +344,8 @@ def families(model_types, json_path):
     for t, row in table.items():
         cells = ["yes" if row[k] == "yes" else "no" for k in ("blocks", "attention", "mlp", "serving")]
         reason = next((row[k] for k in ("blocks", "attention", "mlp", "serving") if row[k] != "yes"), "")
+        if row["mixers"] not in ("", "attention"):  # a hybrid: what --drop-mixer removes
+            reason = f"token mixers: {row['mixers']}" + (f"; {reason}" if reason else "")
         click.echo(f"{t:<{width}}  {cells[0]:<6}  {cells[1]:<9}  {cells[2]:<3}  {cells[3]:<7}  {reason}".rstrip())
     if json_path:
         Path(json_path).write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
@@ -441,8 +450,13 @@ def analyze(
     if target:
         data["suggestions"] = []
         for s in suggest(imp, target, result.block_params, result.total_params):
-            command = s.command(model)
-            click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe()}\n  {command}")
+            noun = "token mixer" if imp.mixers else "attention"
+            if refusal := result.refusal(s.plan):  # a hybrid that must keep attention somewhere, ...
+                click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe(noun)}\n  not possible here: {refusal}")
+                data["suggestions"].append({"strategy": s.strategy, "why": s.why, "refused": refusal})
+                continue
+            command = s.command(model, mixers=imp.mixers)
+            click.echo(f"\n[{s.strategy}] {s.why}\n  {s.plan.describe(noun)}\n  {command}")
             data["suggestions"].append(
                 {"strategy": s.strategy, "why": s.why, "plan": s.plan.to_dict(), "command": command}
             )

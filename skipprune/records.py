@@ -196,6 +196,9 @@ class ExportRecord(_Versioned):
     dtype: str = "auto"
     format: str = "default"  # or "nemotron-nas", the serving format
     zero_ffn_layers: list[int] = field(default_factory=list)  # output layers given an all-zero FFN (serving)
+    # Per source layer, its token mixer ('attention', 'linear attention', 'mamba', ...), where the family's is not
+    # always attention; empty otherwise.
+    mixers: list[str] = field(default_factory=list)
     healing: Healing | None = None
     search: PlanSearch | None = None  # how the plan was chosen (export --plan FILE)
     adaptive_ffn_skip: dict | None = None

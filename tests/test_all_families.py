@@ -71,7 +71,6 @@ SUBLAYERS = sorted(
         "helium",
         "internlm3",
         "jais2",
-        "lfm2",
         "llama",
         "mistral",
         "olmo",
@@ -84,25 +83,37 @@ SUBLAYERS = sorted(
         "starcoder2",
     ]
 )
-# Whole blocks only: blocks that do not split into one attention and one MLP module (state-space and hybrid
-# models among them).
-BLOCKS_ONLY = [
+# Hybrids: each block's token mixer is attention, linear attention, a Mamba mixer or a convolution (Falcon-H1:
+# Mamba and attention side by side), and blocks of each kind split their own way.
+HYBRID = [
     "bamba",
+    "falcon_h1",
+    "granitemoehybrid",
+    "jamba",
+    "lfm2",
+    "lfm2_moe",
+    "olmo_hybrid",
+    "qwen3_5",
+    "qwen3_5_moe",
+    "qwen3_5_moe_text",
+    "qwen3_5_text",
+    "qwen3_next",
+]
+# Whole blocks only: blocks that do not split into a token mixer and an MLP (pure state-space models, blocks of
+# one module, shared blocks).
+BLOCKS_ONLY = [
     "biogpt",
     "bloom",
     "cpmant",
     "ctrl",
     "deepseek_v4",
     "falcon_mamba",
-    "granitemoehybrid",
     "mamba",
     "nemotron_h",
-    "qwen3_5",
+    "zamba2",
 ]
-# Defaults that have no attention layer at all (Granite-4 hybrid: every layer Mamba-2). transformers' cached
-# generation needs one attention layer to count tokens, so the toy gets one (not in block 1, which tests remove).
-TOY_OVERRIDES = {"granitemoehybrid": {"layer_types": ["linear_attention"] * 2 + ["full_attention", "linear_attention"]}}
-BLOCKS = sorted(SUBLAYERS + BLOCKS_ONLY)
+TOY_OVERRIDES: dict = {}
+BLOCKS = sorted(SUBLAYERS + HYBRID + BLOCKS_ONLY)
 
 
 def tiny_source(folder, model_type: str):
@@ -140,13 +151,19 @@ def check_export(src, out, plan):
 
 
 def test_the_matrix_is_big_enough():
-    assert len(BLOCKS) >= 40 and len(SUBLAYERS) >= 25 and len(MOE) >= 5 and len(MULTIMODAL) >= 2
+    assert len(BLOCKS) >= 40 and len(SUBLAYERS) >= 25 and len(MOE) >= 5 and len(MULTIMODAL) >= 2 and len(HYBRID) >= 8
+
+
+# Families that place kinds of block by a rule (Jamba: attention every second layer in the toy) lose a block
+# whose removal keeps the rule; test_blocks_placed_by_a_rule... checks the refusal of the others.
+BLOCK_DROPPED = {"jamba": 3}
 
 
 @pytest.mark.parametrize("model_type", BLOCKS)
 def test_whole_blocks(model_type, tmp_path):
     src = tiny_source(tmp_path / "src", model_type)
-    check_export(src, tmp_path / "out", PrunePlan(N, {1}, {1}))
+    block = BLOCK_DROPPED.get(model_type, 1)
+    check_export(src, tmp_path / "out", PrunePlan(N, {block}, {block}))
     assert "auto_map" not in json.loads((tmp_path / "out" / "config.json").read_text())  # the stock architecture
 
 
@@ -213,9 +230,12 @@ def test_families_command(tmp_path):
     assert rows["llama"] == ["yes", "yes", "yes", "yes"]
     assert rows["qwen2_moe"] == ["yes", "yes", "yes", "no"]
     assert rows["gemma3"][:3] == ["yes", "yes", "yes"] and rows["t5"][0] == "no"
-    assert rows["qwen3_5"][:3] == ["yes", "no", "no"]  # hybrid: linear-attention and attention blocks differ
+    assert rows["qwen3_5"][:3] == ["yes", "yes", "yes"]  # hybrid: each kind of block splits its own way
+    assert "token mixers: linear attention, attention" in next(
+        line for line in proc.stdout.splitlines() if line.startswith("qwen3_5")
+    )
     table = json.loads((tmp_path / "f.json").read_text())
-    assert "encoder-decoder" in table["t5"]["blocks"]
+    assert "encoder-decoder" in table["t5"]["blocks"] and table["qwen3_5"]["mixers"] == "linear attention, attention"
     assert "does not know model_type 'nope'" in table["nope"]["blocks"]
     assert "nemotron-nas takes llama and mistral" in table["qwen2_moe"]["serving"]  # every "no" says why
     assert "--format nemotron-nas takes" in next(line for line in proc.stdout.splitlines() if line.startswith("gpt"))
@@ -287,5 +307,125 @@ def test_toys_keep_every_kind_of_layer():
     toy = shrink(AutoConfig.for_model("qwen3_next").to_dict(), N)
     assert set(toy["layer_types"]) == {"linear_attention", "full_attention"} and len(toy["layer_types"]) == N
     toy = shrink(AutoConfig.for_model("zamba2").to_dict(), N)
-    assert [toy["layers_block_type"][i] for i in toy["hybrid_layer_ids"]] == ["hybrid"]
-    assert shrink(AutoConfig.for_model("bamba").to_dict(), N)["attn_layer_indices"] == [N // 2]
+    assert [toy["layers_block_type"][i] for i in toy["hybrid_layer_ids"]] == ["hybrid", "hybrid"]
+    assert shrink(AutoConfig.for_model("bamba").to_dict(), N)["attn_layer_indices"] == [N // 2, N - 1]
+    # two layers of each kind where there is room: one attention layer is left when another loses its own
+    assert (
+        shrink(AutoConfig.for_model("qwen3_5_text").to_dict(), N)["layer_types"]
+        == ["linear_attention"] * 2 + ["full_attention"] * 2
+    )
+
+
+@pytest.mark.parametrize("model_type", HYBRID)
+def test_token_mixers(model_type, tmp_path):
+    """The first layer with each kind of mixer loses it (attention, linear attention, Mamba, convolution) and
+    another layer its MLP: exact against the bypassed source, cached decoding equal to uncached, and no cache
+    or state kept for a layer without its mixer."""
+    src = tiny_source(tmp_path / "src", model_type)
+    family = family_of(read_config(src, "src"))
+    mixers = [family.at(i).mixer for i in range(N)]
+    firsts = {mixers.index(m) for m in set(mixers)}
+    plan = PrunePlan(N, firsts, {min(set(range(N)) - firsts)})
+    assert family.mixer_noun == "token mixer" and family.no_sublayers is None and family.no_attention is None
+    check_export(src, tmp_path / "out", plan)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["layer_mixer"] == [None if i in firsts else family.at(i).mixer for i in range(N)]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", trust_remote_code=True, dtype=torch.float32)
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([[5, 6, 7]]), use_cache=True).past_key_values
+    assert [type(cache.layers[i]).__name__ == "DummyLayer" for i in range(N)] == [i in firsts for i in range(N)]
+
+
+def test_drop_attn_means_attention_and_drop_mixer_any_mixer(tmp_path):
+    from common import assert_clean_failure, run
+
+    src = tiny_source(tmp_path / "src", "qwen3_5_text")  # linear attention in layers 0-1, attention in 2-3
+    proc = run("export", src, tmp_path / "out", "--drop-attn", "0,2")
+    assert_clean_failure(proc, "layer 0 mixes tokens by linear attention, not attention", tmp_path / "out")
+    assert "its attention layers are 2-3" in proc.stderr and "--drop-mixer" in proc.stderr
+    assert_clean_failure(
+        run("export", src, tmp_path / "out", "--drop-attn", "2,3"), "keep at least one", tmp_path / "out"
+    )
+    proc = run("export", src, tmp_path / "out", "--drop-mixer", "0", "--drop-attn", "2", "--drop-mlp", "1")
+    assert proc.returncode == 0, proc.stderr
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "remove token mixer of layers 0,2; MLP of layer 1" in card
+    assert "| 0 | 0 | **removed** (linear attention) | kept |" in card and "| 3 | 3 | kept (attention) | kept |" in card
+    assert "skipprune export src out --drop-attn 2 --drop-mixer 0 --drop-mlp 1" in card  # reproduce
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["layer_mixer"] == [
+        None,
+        "linear attention",
+        None,
+        "attention",
+    ]
+
+
+def test_falcon_h1_mamba_and_attention_go_together(tmp_path):
+    from common import assert_clean_failure, run
+
+    src = tiny_source(tmp_path / "src", "falcon_h1")
+    assert_clean_failure(
+        run("export", src, tmp_path / "out", "--drop-attn", "1"),
+        "by mamba + attention, not attention",
+        tmp_path / "out",
+    )
+
+
+def test_blocks_placed_by_a_rule_are_refused_where_renumbering_moves_them(tmp_path):
+    """Jamba places attention and experts by period and offset (toy: attention in layers 0 and 2, experts in 3):
+    removing the last block keeps the pattern, removing block 1 would turn layer 2 into a Mamba layer. Zamba2's
+    shared blocks hold one adapter per hybrid layer: a hybrid layer cannot go."""
+    from common import assert_clean_failure, run
+
+    src = tiny_source(tmp_path / "src", "jamba")
+    check_export(src, tmp_path / "ok", PrunePlan(N, {3}, {3}))
+    proc = run("export", src, tmp_path / "out", "--drop-blocks", "1")
+    assert_clean_failure(proc, "jamba: without block 1, its config would build source layers 2-3", tmp_path / "out")
+    src = tiny_source(tmp_path / "zsrc", "zamba2")
+    assert_clean_failure(
+        run("export", src, tmp_path / "out", "--drop-blocks", "3"), "with other weights", tmp_path / "out"
+    )
+
+
+def test_per_layer_inputs_block_whole_block_removal(tmp_path):
+    from common import assert_clean_failure, run
+
+    src = tiny_source(tmp_path / "src", "gemma3n_text")
+    proc = run("export", src, tmp_path / "out", "--drop-blocks", "1")
+    assert_clean_failure(proc, "embed_tokens_per_layer.weight", tmp_path / "out")
+    assert "sized by the number of layers" in proc.stderr
+
+
+def test_adaptive_ffn_refuses_parallel_mlps(tmp_path):
+    from common import assert_clean_failure, run
+
+    src = tiny_source(tmp_path / "src", "granitemoehybrid")
+    proc = run("export", src, tmp_path / "out", "--drop-mlp", "1", "--adaptive-ffn")
+    assert_clean_failure(proc, "several in parallel", tmp_path / "out")
+
+
+def test_analyze_on_a_hybrid_suggests_commands_that_run(tmp_path):
+    """Suggestions name layers whose mixer is not attention with --drop-mixer, and say which plans an export
+    would refuse (one that removes every attention layer) instead of printing a command that fails."""
+    from skipprune.data import HELDOUT
+
+    from common import run
+    from tiny import make_byte_fallback_tokenizer
+
+    text = HELDOUT.read_text(encoding="utf-8")[:20000]
+    config = shrink(AutoConfig.for_model("qwen3_5_text").to_dict(), N) | {"vocab_size": 400}
+    config.pop("model_type")
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("qwen3_5_text", **config))
+    model.save_pretrained(tmp_path / "src")
+    make_byte_fallback_tokenizer(tmp_path / "src", text, merges=100)
+    proc = run("analyze", tmp_path / "src", "--samples", "2", "--seq-len", "16", "--suggest", "attn:50%")
+    assert proc.returncode == 0, proc.stderr
+    assert "[last-N]" in proc.stdout and "not possible here" in proc.stdout  # last-N: both attention layers
+    commands = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("skipprune export")]
+    assert commands and any("--drop-mixer" in c for c in commands)
+    for k, command in enumerate(commands):
+        out = tmp_path / f"out{k}"
+        parts = command.split()
+        done = run(parts[1], parts[2], out, *parts[4:])
+        assert done.returncode == 0, (command, done.stderr)

@@ -83,9 +83,9 @@ def render_card(record: ExportRecord, results: Results | None, name: str, import
         name=name,
         origin=f"`{src.id}` at revision `{src.revision}`" if src.on_hub else f"a local checkpoint (`{src.label}`)",
         version=record.skipprune_version,
-        description=plan.describe(),
+        description=plan.describe("token mixer" if record.mixers else "attention"),
         layers_png=LAYERS_PNG,
-        layer_table=_layer_table(plan),
+        layer_table=_layer_table(plan, record.mixers),
         importance=_importance(importance_png),
         search=_search(record.search),
         scores=_scores(results, healed=record.healing is not None),
@@ -160,12 +160,20 @@ def local_dataset_type(name: str) -> str:
     return "local:" + "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split())[:60]
 
 
-def _layer_table(plan: PrunePlan) -> str:
-    def cell(kept: bool) -> str:
-        return "kept" if kept else "**removed**"
+def _layer_table(plan: PrunePlan, mixers: list[str] = ()) -> str:
+    """One row per kept layer; in a hybrid family (`mixers`: each source layer's token mixer) the first column
+    names the mixer."""
 
-    rows = ["| output layer | source layer | attention | MLP |", "|---:|---:|:---:|:---:|"]
-    rows += [f"| {lyr.output} | {lyr.source} | {cell(lyr.attention)} | {cell(lyr.mlp)} |" for lyr in plan.layers]
+    def cell(kept: bool, what: str = "") -> str:
+        return ("kept" if kept else "**removed**") + (f" ({what})" if what else "")
+
+    first = "token mixer" if mixers else "attention"
+    rows = [f"| output layer | source layer | {first} | MLP |", "|---:|---:|:---:|:---:|"]
+    rows += [
+        f"| {lyr.output} | {lyr.source} | {cell(lyr.attention, mixers[lyr.source] if mixers else '')} | "
+        f"{cell(lyr.mlp)} |"
+        for lyr in plan.layers
+    ]
     if plan.dropped_blocks:
         rows.append(f"\nWhole blocks removed (source numbering): {format_indices(plan.dropped_blocks)}.")
     return "\n".join(rows)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import re
@@ -55,9 +56,11 @@ NOT_PER_LAYER = {"architectures", "bos_token_id", "eos_token_id", "pad_token_id"
 
 
 def keep_layers(config: dict, kept: list[int], n: int) -> dict:
-    """`config` (a model's own, not a wrapper's) with only the layers `kept` (ascending, of n): every per-layer
-    list sliced, lists of layer numbers (`mlp_only_layers`, `hybrid_layer_ids`) renumbered, the layer count and
-    `first_k_dense_replace` (dense blocks first) counted again."""
+    """`config` with only the layers `kept` (ascending, of n), in a multimodal wrapper's text config: every
+    per-layer list sliced, lists of layer numbers (`mlp_only_layers`, `hybrid_layer_ids`) renumbered, the layer
+    count and `first_k_dense_replace` (dense blocks first) counted again."""
+    if isinstance(config.get("text_config"), dict):
+        return {**config, "text_config": keep_layers(config["text_config"], kept, n)}
     out = dict(config)
     for key, value in config.items():
         if not isinstance(value, list) or key in NOT_PER_LAYER:
@@ -69,21 +72,27 @@ def keep_layers(config: dict, kept: list[int], n: int) -> dict:
     for key in LAYER_KEYS:
         if isinstance(out.get(key), int):
             out[key] = len(kept)
-    if isinstance(config.get("first_k_dense_replace"), int):
-        out["first_k_dense_replace"] = sum(1 for i in kept if i < config["first_k_dense_replace"])
+    for key in ("first_k_dense_replace", "num_dense_layers"):  # the first k layers dense, the rest MoE
+        if isinstance(config.get(key), int):
+            out[key] = sum(1 for i in kept if i < config[key])
     return out
 
 
 def _toy_layers(config: dict, n: int, layers: int) -> list[int]:
-    """Which of the n layers a toy keeps: the first `layers`, except that every kind of layer a per-layer pattern
-    names (full and linear attention, hybrid, ...) keeps its first one, so a hybrid toy stays hybrid."""
-    firsts: dict = {}
+    """Which of the n layers a toy keeps: where a per-layer pattern names kinds of layer (full and linear
+    attention, hybrid, ...), the first layer of each kind, then the next one of each kind in turn (so that
+    removing one layer's attention leaves another), then the first layers; a hybrid toy stays hybrid."""
+    of_kind: dict = {}
     for key, value in config.items():
         if isinstance(value, list) and len(value) == n and key not in NOT_PER_LAYER:
             for i, kind in enumerate(value):
                 if isinstance(kind, str):
-                    firsts.setdefault((key, kind), i)
-    keep = sorted(set(list(firsts.values())[:layers]))
+                    of_kind.setdefault((key, kind), []).append(i)
+    keep: list[int] = []
+    for turn in range(2):
+        for indices in of_kind.values():
+            if len(indices) > turn and indices[turn] not in keep and len(keep) < layers:
+                keep.append(indices[turn])
     return sorted(keep + [i for i in range(n) if i not in keep][: layers - len(keep)])
 
 
@@ -104,14 +113,38 @@ def shrink(config: dict, layers: int = TOY_LAYERS) -> dict:
     for key, value in out.items():
         if key in _SMALL and isinstance(value, int) and not isinstance(value, bool):
             out[key] = _SMALL[key]
+    if isinstance(out.get("attn_layer_period"), int) and isinstance(out.get("expert_layer_period"), int):
+        # Jamba places attention and experts by period and offset: attention in layers 0 and 2, experts in layer 3,
+        # so the toy has attention, Mamba and MoE blocks, and one attention layer left when another loses its own
+        out.update(attn_layer_period=2, attn_layer_offset=0, expert_layer_period=4, expert_layer_offset=3)
     if "attn_layer_indices" in config and not out.get("attn_layer_indices"):
-        out["attn_layer_indices"] = [layers // 2]  # bamba: no attention by default; the toy gets both kinds
+        # bamba: no attention by default; the toy gets both kinds, and two attention layers so one can lose its own
+        out["attn_layer_indices"] = [layers // 2, layers - 1]
     if config.get("num_key_value_heads") == config.get("num_attention_heads") and "num_key_value_heads" in out:
         out["num_key_value_heads"] = out["num_attention_heads"]  # no grouped queries in the family: keep it so
     if all(isinstance(out.get(k), int) for k in ("mamba_expand", "mamba_n_heads", "mamba_d_head")):
         # Mamba-2 mixers (bamba, granite-4 hybrid) check that heads x head size = expand x hidden size
         out["mamba_d_head"] = 16
         out["mamba_n_heads"] = out["mamba_expand"] * out["hidden_size"] // 16
+        if isinstance(out.get("mamba_d_ssm"), int):  # Falcon-H1 states the mixer's width too
+            out["mamba_d_ssm"] = out["mamba_expand"] * out["hidden_size"]
+    if all(isinstance(out.get(k), int) for k in ("mamba_expand", "n_mamba_heads", "mamba_headdim")):
+        out["mamba_headdim"] = out["mamba_expand"] * out["hidden_size"] // out["n_mamba_heads"]  # zamba2: derived
+    if isinstance(out.get("attention_hidden_size"), int):  # zamba's shared attention reads the concatenation of
+        out["attention_hidden_size"] = 2 * out["hidden_size"]  # the residual stream and the embeddings
+    if set(out.get("layer_types") or ()) == {"linear_attention"}:
+        # Granite-4 hybrid: every layer Mamba-2 by default, attention in some layers of real models; transformers'
+        # cache counts tokens in attention layers, so the toy gets two (one left when the other loses its own)
+        out["layer_types"] = ["linear_attention"] * (layers - 2) + ["full_attention"] * 2
+    if "conv_L_cache" in out and len(set(out.get("layer_types") or ())) < 2:
+        # LFM2: models mix short convolutions and attention, defaults may have only one kind (or none spelt out)
+        out["layer_types"] = ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2)
+        if "full_attn_idxs" in out:
+            out["full_attn_idxs"] = [i for i, kind in enumerate(out["layer_types"]) if kind == "full_attention"]
+    if isinstance(out.get("num_kv_shared_layers"), int) and isinstance(out.get("layer_types"), list):
+        # gemma3n: the last layers reuse the cache of the last earlier layer of their type; keep one such layer
+        kinds = out["layer_types"]
+        out["num_kv_shared_layers"] = 1 if set(kinds[:-1]) == set(kinds) else 0
     if isinstance(out.get("qk_rope_head_dim"), int):  # multi-head latent attention derives its head sizes
         out["head_dim"] = out["qk_rope_head_dim"]
         out.pop("qk_head_dim", None)
@@ -172,35 +205,60 @@ def tiny_model(model_type: str, config_json: str, layers: int = TOY_LAYERS):
 
 
 _ATTENTION = ("self_attn", "attn", "attention", "self_attention")
-_MLP = ("mlp", "feed_forward", "block_sparse_moe", "moe", "ffn", "mixer_mlp")
+# The token mixers a block may have instead of (or beside) attention, by child name.
+_MIXERS = {
+    **dict.fromkeys(_ATTENTION, "attention"),
+    "linear_attn": "linear attention",
+    "mamba": "mamba",
+    "conv": "conv",
+}
+_MLP = ("mlp", "feed_forward", "block_sparse_moe", "moe", "ffn", "mixer_mlp", "shared_mlp")
+
+
+def block_kind(block) -> list[list[str]]:
+    """What a decoder block is built of: [child name, class name] of each child that has weights."""
+    return [[n, type(c).__name__] for n, c in block.named_children() if any(True for _ in c.parameters())]
 
 
 @functools.cache
 def derive_sublayers(model_type: str, config_json: str) -> dict | str:
-    """{'attention': (compute, *norms), 'mlp': (...), 'attention_out', 'mlp_out', 'mlp_in'} for a family, or the
-    reason why its blocks cannot be split into attention and MLP. `config_json`: the source's (text) config."""
+    """{'kinds': [split, ...]}, one split per kind of decoder block in a tiny instance of the family (`block_kind`
+    under 'kind'), or the reason why its blocks cannot be split into a token mixer and an MLP. A split:
+    {'attention': (compute, ..., *norms), 'mlp': (...), 'mixer', 'attention_out', 'mlp_out', 'mlp_in',
+    'attention_returns', 'mlp_returns'}. `config_json`: the source's (text) config."""
     try:
         model = tiny_model(model_type, config_json)
         _, layers = decoder_layers(model, TOY_LAYERS)
     except Exception as e:  # the family's own code refuses a toy size: no derivation, blocks only
         return f"a tiny {model_type} could not be built to study its blocks ({type(e).__name__})"
-    names = [[n for n, c in block.named_children() if any(True for _ in c.parameters())] for block in layers]
-    if any(n != names[0] for n in names):
-        return "its decoder blocks are not all built alike"
-    attention = [n for n in names[0] if n in _ATTENTION]
-    mlp = [n for n in names[0] if n in _MLP]
-    if len(attention) != 1 or len(mlp) != 1:
-        return "its blocks do not have exactly one attention module and one MLP module"
-    flow = _trace(model, layers[0], names[0])
+    kinds, seen = [], []
+    for block in layers:
+        if (kind := block_kind(block)) in seen:
+            continue
+        seen.append(kind)
+        split = _split_block(model, block, [n for n, _ in kind])
+        if isinstance(split, str):
+            return split
+        kinds.append({"kind": kind, **split})
+    return {"kinds": kinds}
+
+
+def _split_block(model, block, names: list[str]) -> dict | str:
+    mixers = [n for n in names if n in _MIXERS]
+    mlp = [n for n in names if n in _MLP]  # several run in parallel in some (Granite-4: experts + a shared MLP)
+    if not mixers or not mlp:
+        return "its blocks do not have both a token mixer (attention, linear attention, Mamba) and an MLP"
+    flow = _trace(model, block, names)
     if flow is None:
         return "a forward pass through its blocks could not be traced"
-    roles = {"attention": [attention[0]], "mlp": [mlp[0]]}
+    roles = {"attention": list(mixers), "mlp": list(mlp)}
+    computes = {"attention": set(mixers), "mlp": set(mlp)}
     post = {}
-    for norm in names[0]:
-        if norm in (attention[0], mlp[0]):
+    for norm in names:
+        if norm in computes["attention"] | computes["mlp"]:
             continue
-        feeds = [s for s in roles if roles[s][0] in flow["consumers"].get(norm, ())]
-        fed_by = [s for s in roles if flow["producers"].get(norm) == roles[s][0]]
+        feeds = [s for s in roles if computes[s] & flow["consumers"].get(norm, set())]
+        fed_by = [s for s in roles if flow["producers"].get(norm) in computes[s]]
         if len(feeds) == 1 and not fed_by:
             roles[feeds[0]].append(norm)
         elif len(fed_by) == 1 and not feeds:
@@ -208,16 +266,22 @@ def derive_sublayers(model_type: str, config_json: str) -> dict | str:
             post[fed_by[0]] = norm
         elif len(feeds) != 2:  # a norm feeding both sublayers is shared and stays; anything else is unknown
             return f"the role of {norm!r} in its blocks is unclear"
-    pre_mlp = [n for n in roles["mlp"][1:] if n != post.get("mlp")]
+    pre_mlp = [n for n in roles["mlp"][len(mlp) :] if n != post.get("mlp")]
     return {
-        "attention": tuple(roles["attention"]),
-        "mlp": tuple(roles["mlp"]),
-        "attention_out": post.get("attention", attention[0]),
+        "mixer": " + ".join(dict.fromkeys(_MIXERS[n] for n in mixers)),
+        "attention": roles["attention"],
+        "mlp": roles["mlp"],
+        "attention_out": post.get("attention", mixers[0]),
         "mlp_out": post.get("mlp", mlp[0]),
         "mlp_in": pre_mlp[0] if pre_mlp else mlp[0],
-        "attention_returns": flow["returns"].get(attention[0], 0),
-        "mlp_returns": flow["returns"].get(mlp[0], 0),
+        "attention_returns": _returns_field([[n, flow["returns"].get(n, 0)] for n in mixers]),
+        "mlp_returns": _returns_field([[n, flow["returns"].get(n, 0)] for n in mlp]),
     }
+
+
+def _returns_field(returns: list) -> int | list:
+    """What one compute module returns, or [[module, returns], ...] for several in parallel."""
+    return returns[0][1] if len(returns) == 1 else returns
 
 
 def _trace(model, block, children: list[str]) -> dict | None:
@@ -289,26 +353,45 @@ def _family(config_json: str, split: bool = True):
     stock = AutoConfig.for_model(**config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(stock)
-    path, _ = decoder_layers(model, count)
-    state = {k: v for k, v in model.state_dict().items() if k.startswith(f"{path}.0.")}
+    path, blocks = decoder_layers(model, count)
+    full = model.state_dict()
+    state = {k: v for k, v in full.items() if k.startswith(f"{path}.0.")}
     prefixes = {re.match(r"(.*\.)0\.", name)[1] for name in checkpoint_names(model, state)}
     where = {"layers_path": path, "weights_prefix": prefixes.pop() if len(prefixes) == 1 else ""}
     text_type = text.get("model_type", model_type)
-    rest = {k: v for k, v in model.state_dict().items() if not k.startswith(f"{path}.")}
+    rest = {k: v for k, v in full.items() if not k.startswith(f"{path}.")}
     where["renamed"] = text is not config or set(checkpoint_names(model, rest)) != set(rest)
+    real = [json.dumps(block_kind(b)) for b in blocks]
+    where["alike"] = len(set(real)) == 1
     if not split:
         return Family(model_type, **where, no_sublayers="not studied (only whole blocks were asked for)")
     derived = _split(text_type, json.dumps(text, sort_keys=True))
-    if "attention" not in derived:
+    if "kinds" not in derived:
         return Family(model_type, **where, **derived)
-    derived = {k: tuple(v) if isinstance(v, list) else v for k, v in derived.items()}
-    for sublayer in ("attention", "mlp"):
-        children = set()
-        for child in derived[sublayer]:
-            mine = {k: v for k, v in state.items() if k.startswith(f"{path}.0.{child}.")}
-            children |= {name.split(".0.", 1)[1].split(".")[0] for name in checkpoint_names(model, mine)}
-        derived[f"{sublayer}_weights"] = tuple(sorted(children))
-    return Family(model_type, **where, **derived)
+    studied = {json.dumps(k["kind"]): {f: v for f, v in k.items() if f != "kind"} for k in derived["kinds"]}
+    shared = {k: v for k, v in derived.items() if k != "kinds"}  # no_attention
+    if unseen := [i for i, kind in enumerate(real) if kind not in studied]:
+        from ..prune.plan import layers_phrase
+
+        why = f"its {layers_phrase(unseen)} are built unlike every block of the tiny {text_type} studied"
+        return Family(model_type, **where, no_sublayers=why)
+    order = list(dict.fromkeys(real))
+    kinds = []
+    for kind in order:
+        i = real.index(kind)  # the first layer of this kind: its weight names
+        fields = dict(studied[kind])
+        for sublayer in ("attention", "mlp"):
+            children = set()
+            for child in fields[sublayer]:
+                mine = {k: v for k, v in full.items() if k.startswith(f"{path}.{i}.{child}.")}
+                children |= {name.split(f".{i}.", 1)[1].split(".")[0] for name in checkpoint_names(model, mine)}
+            fields[f"{sublayer}_weights"] = sorted(children)
+        kinds.append(Family.from_fields(model_type, {**shared, **fields}, **where))
+    if len(kinds) == 1:
+        return kinds[0]
+    # the top-level split (what code that does not look per layer sees) is the first attention block's
+    main = next((k for k in kinds if k.mixer == "attention"), kinds[0])
+    return dataclasses.replace(main, kinds=tuple(kinds), layer_kind=tuple(order.index(k) for k in real))
 
 
 def _split(text_type: str, text_json: str) -> dict:
@@ -321,7 +404,6 @@ def _split(text_type: str, text_json: str) -> dict:
 
     import transformers
 
-    from ..prune.families import Family
     from .remote import REMOTE_DIR
 
     code = Path(__file__).read_bytes() + (REMOTE_DIR / "modeling_skipprune.py").read_bytes()
@@ -333,11 +415,12 @@ def _split(text_type: str, text_json: str) -> dict:
         return json.loads(cached.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         pass
-    derived = derive_sublayers(text_type, text_json)
+    with _quiet():
+        derived = derive_sublayers(text_type, text_json)
+        why = None if isinstance(derived, str) else self_check(text_type, text_json, derived["kinds"])
     if isinstance(derived, str):
         fields = {"no_sublayers": derived}
     else:
-        why = self_check(text_type, text_json, Family(text_type, **derived))
         fields = dict(derived)
         if why and why.startswith("attention:"):
             fields["no_attention"] = why.split(":", 1)[1].strip()
@@ -353,31 +436,67 @@ def _split(text_type: str, text_json: str) -> dict:
     return fields
 
 
-def self_check(model_type: str, config_json: str, family) -> str | None:
-    """None when the derived split is exact on a tiny random instance: stubbing a sublayer's modules out (what an
-    export's modeling file does) gives bit for bit the logits of the stock model with that sublayer's
-    contribution zeroed (a padded batch), and cached greedy decoding equals uncached with attention-free
-    layers holding no KV cache. Otherwise the reason; 'attention: ...' when only attention removal fails."""
+@contextlib.contextmanager
+def _quiet():
+    """transformers' warnings off while a tiny model is studied: they would be about the toy (a missing fast
+    kernel for linear attention, ...), printed before the command's own first line."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def self_check(model_type: str, config_json: str, kinds: list[dict]) -> str | None:
+    """None when the derived split (`kinds`, derive_sublayers') is exact on a tiny random instance: stubbing a
+    sublayer's modules out (what an export's modeling file does) gives bit for bit the logits of the stock model
+    with that sublayer's contribution zeroed (a padded batch), and cached greedy decoding equals uncached with
+    mixer-free layers holding no cache. Every kind of block loses its mixer and its MLP once. Otherwise the
+    reason; 'attention: ...' when only the removal of token mixers fails."""
+    import json
+
+    from ..prune.families import Family
+    from ..prune.plan import PrunePlan
+
+    ref = tiny_model(model_type, config_json)
+    path, layers = decoder_layers(ref, TOY_LAYERS)
+    names = [json.dumps(k["kind"]) for k in kinds]
+    toy_kinds = [names.index(json.dumps(block_kind(b))) for b in layers]
+    splits = [Family.from_fields(model_type, {k: v for k, v in kind.items() if k != "kind"}) for kind in kinds]
+    tiny = Family(model_type, kinds=tuple(splits), layer_kind=tuple(toy_kinds)).with_layers_path(path)
+    if len(kinds) == 1:
+        plans = [PrunePlan(TOY_LAYERS, {0, 3}, {2, 3})]
+    else:  # each kind's first layer loses its mixer in one plan, its MLP in another, where attention is left
+        firsts = {toy_kinds.index(k) for k in range(len(kinds))}
+        attends = {i for i in range(TOY_LAYERS) if "attention" in tiny.at(i).mixer.split(" + ")}
+        if attends - firsts:
+            plans = [PrunePlan(TOY_LAYERS, firsts, set()), PrunePlan(TOY_LAYERS, set(), firsts)]
+        else:
+            plans = [PrunePlan(TOY_LAYERS, {f}, {(f + 1) % TOY_LAYERS}) for f in sorted(firsts)]
+    for plan in plans:
+        if why := _check_plan(ref, tiny, plan):
+            return why
+    return None
+
+
+def _check_plan(ref, tiny, plan) -> str | None:
     import copy
 
     import torch
 
     from ..prune.bypass import bypassed
-    from ..prune.plan import PrunePlan
     from .remote.modeling_skipprune import remove_sublayer
 
-    ref = tiny_model(model_type, config_json)
-    tiny_config = ref.config
-    path, _ = decoder_layers(ref, TOY_LAYERS)
-    tiny = dataclasses.replace(family, layers_path=path)
-    plan = PrunePlan(TOY_LAYERS, {0, 3}, {2, 3})
     pruned = copy.deepcopy(ref)
     layers = tiny.layers(pruned)
     for i in sorted(plan.drop_attention):
-        remove_sublayer(layers[i], list(tiny.attention), tiny.attention_returns)
+        remove_sublayer(layers[i], list(tiny.at(i).attention), tiny.at(i).returns_of("attention"))
     for i in sorted(plan.drop_mlp):
-        remove_sublayer(layers[i], list(tiny.mlp), tiny.mlp_returns)
-    vocab = int(getattr(tiny_config.get_text_config(decoder=True), "vocab_size", 256))
+        remove_sublayer(layers[i], list(tiny.at(i).mlp), tiny.at(i).returns_of("mlp"))
+    vocab = int(getattr(ref.config.get_text_config(decoder=True), "vocab_size", 256))
     ids = torch.randint(3, min(vocab, 200), (2, 10), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, :3] = 0
@@ -391,16 +510,16 @@ def self_check(model_type: str, config_json: str, family) -> str | None:
     if not torch.equal(got[mask.bool()], want[mask.bool()]):
         return "stubbing its sublayers out does not reproduce the bypassed block exactly"
     text = pruned.config.get_text_config(decoder=True)
-    text.kv_sharing_modes = ["reuse" if i in plan.drop_attention else None for i in range(TOY_LAYERS)]
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     try:
+        text.kv_sharing_modes = ["reuse" if i in plan.drop_attention else None for i in range(TOY_LAYERS)]
         with torch.no_grad():
             cached = pruned.generate(ids[:1, :6], use_cache=True, **kw)
             uncached = pruned.generate(ids[:1, :6], use_cache=False, **kw)
     except Exception as e:
-        return f"attention: its cache fails with attention-free layers ({type(e).__name__})"
+        return f"attention: its cache fails with mixer-free layers ({type(e).__name__})"
     if not torch.equal(cached, uncached):
-        return "attention: its cache does not skip attention-free layers (cached decoding would differ)"
+        return "attention: its cache does not skip mixer-free layers (cached decoding would differ)"
     return None
 
 
@@ -467,6 +586,59 @@ def family_of(config: dict, split: bool = True):
         ) from None
 
 
+def renumbering_breaks(config: dict, kept_config: dict, kept: list[int], alike: bool = False):
+    """What the output's config (`kept_config`, the source's with only the `kept` layers) would build with other
+    weights than the source holds: (kept source layers, weights outside the blocks). A family that derives what a
+    block holds from its position (Jamba's attention in every 8th layer from the 4th, Zamba2's adapter per
+    hybrid layer) cannot always renumber its blocks; weights sized by the layer count (Gemma 3n's per-layer
+    embeddings) do not follow a cut. `alike`: the source's blocks are all built alike, so only the second can
+    happen, and it depends on the number of kept layers alone."""
+    import json
+
+    if alike:
+        return [], _resized(json.dumps(config, sort_keys=True), len(kept))
+    before, around = _built(json.dumps(config, sort_keys=True))
+    after, kept_around = _built(json.dumps(kept_config, sort_keys=True))
+    resized = sorted(n for n, shape in around.items() if kept_around.get(n, shape) != shape)
+    return [i for j, i in enumerate(kept) if before[i] != after[j]], resized
+
+
+@functools.lru_cache(maxsize=32)
+def _resized(config_json: str, count: int) -> list[str]:
+    import json
+
+    config = json.loads(config_json)
+    kept = list(range(count))
+    _, around = _built(config_json)
+    _, kept_around = _built(json.dumps(keep_layers(config, kept, layer_count(text_config(config))), sort_keys=True))
+    return sorted(n for n, shape in around.items() if kept_around.get(n, shape) != shape)
+
+
+@functools.lru_cache(maxsize=8)
+def _built(config_json: str) -> tuple[list[str], dict]:
+    """Per decoder block, its weights' names and shapes; the shapes of the weights outside the blocks."""
+    import json
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads(config_json)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config))
+    path, blocks = decoder_layers(model, layer_count(text_config(config)))
+    outside = {n: tuple(p.shape) for n, p in model.named_parameters() if not n.startswith(path + ".")}
+    return [json.dumps(sorted((n, list(p.shape)) for n, p in b.named_parameters())) for b in blocks], outside
+
+
+def blocks_fixed(resized: list[str]) -> str:
+    """Why whole blocks cannot go, given the weights outside them that are sized by the layer count."""
+    verb = "is" if len(resized) == 1 else "are"
+    return (
+        f"{', '.join(resized[:2])} outside the decoder blocks {verb} sized by the number of layers (per-layer "
+        "inputs), which skipprune does not cut, so whole blocks cannot be removed"
+    )
+
+
 def checkpoint_names(model, state: dict) -> dict:
     """`state` (model names) under the names a checkpoint of it holds: transformers renames and fuses some
     weights on load (MoE experts, old multimodal prefixes) and reverts that when it saves."""
@@ -490,7 +662,8 @@ def close_model_type(model_type: str) -> str | None:
 
 def support(model_type: str) -> dict[str, str]:
     """What skipprune can remove from `model_type` with the installed transformers, studied on a tiny instance of
-    the family's default config: 'yes' or the reason, per capability (blocks, attention, mlp, serving)."""
+    the family's default config: 'yes' or the reason, per capability (blocks, attention, mlp, serving), and
+    `mixers`, the kinds of token mixer its blocks have where they split ('attention', 'linear attention', ...)."""
     from transformers import AutoConfig
 
     from ..errors import SkippruneError
@@ -502,18 +675,23 @@ def support(model_type: str) -> dict[str, str]:
         config["model_type"] = model_type
         family = family_of(config)
     except SkippruneError as e:
-        return dict.fromkeys(("blocks", "attention", "mlp", "serving"), str(e))
+        return {**dict.fromkeys(("blocks", "attention", "mlp", "serving"), str(e)), "mixers": ""}
     except Exception as e:  # the family's own code refuses even its default config at toy size
         why = f"a tiny {model_type} could not be built ({type(e).__name__})"
-        return dict.fromkeys(("blocks", "attention", "mlp", "serving"), why)
+        return {**dict.fromkeys(("blocks", "attention", "mlp", "serving"), why), "mixers": ""}
     sub = family.no_sublayers
+    kept = [i for i in range(TOY_LAYERS) if i != 1]
+    _, resized = renumbering_breaks(config, keep_layers(config, kept, TOY_LAYERS), kept)
+    mixers = [k.mixer for k in family.kinds or (family,)]
     return {
-        "blocks": "yes",
+        "blocks": blocks_fixed(resized) if resized else "yes",
         "attention": sub or family.no_attention or "yes",
         "mlp": sub or "yes",
         "serving": "yes"
         if model_type in NAS_FAMILIES
         else f"--format nemotron-nas takes {' and '.join(NAS_FAMILIES)} sources",
+        # the kinds of token mixer --drop-mixer removes (--drop-attn: attention only)
+        "mixers": "" if sub else ", ".join(dict.fromkeys(mixers)),
     }
 
 

@@ -11,10 +11,11 @@ import re
 import shutil
 from pathlib import Path
 
+from ..errors import PlanError
 from ..prune.families import Family
-from ..prune.plan import PrunePlan
+from ..prune.plan import PrunePlan, layers_phrase
 from . import nas
-from .anatomy import NOT_PER_LAYER, keep_layers
+from .anatomy import NOT_PER_LAYER, blocks_fixed, keep_layers, renumbering_breaks
 from .remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
 from .source import Source, layer_count
 from .writer import OutTensor, output_dtype
@@ -34,8 +35,11 @@ def map_tensors(
     keeps its input norm (the serving format puts an all-zero FFN there). `rename`: checkpoint name -> the
     loaded model's name, for outputs written under the model's names."""
     prefix = family.layers_path + "." if rename else family.layers_prefix
-    attention = family.attention if rename else family.weights_of("attention")
-    mlp = family.mlp if rename else family.weights_of("mlp")
+
+    def owned(i: int, sublayer: str) -> tuple[str, ...]:
+        split = family.at(i)
+        return getattr(split, sublayer) if rename else split.weights_of(sublayer)
+
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.([^.]+)(\..*)?$")
     new_index = {layer.source: layer.output for layer in plan.layers}
     out = []
@@ -48,9 +52,13 @@ def map_tensors(
             i, child, rest = int(m.group(1)), m.group(2), m.group(3) or ""
             if i not in new_index:
                 continue
-            if i in plan.drop_attention and child in attention:
+            if i in plan.drop_attention and child in owned(i, "attention"):
                 continue
-            if i in plan.drop_mlp and child in mlp and not (i in keep_mlp_norm and child == family.mlp_in):
+            if (
+                i in plan.drop_mlp
+                and child in owned(i, "mlp")
+                and not (i in keep_mlp_norm and child == family.at(i).mlp_in)
+            ):
                 continue
             name = f"{prefix}{new_index[i]}.{child}{rest}"
         out.append(OutTensor(name, info, output_dtype(info.dtype, dtype)))
@@ -60,10 +68,25 @@ def map_tensors(
 def stock_config(source_config: dict, plan: PrunePlan) -> dict:
     """The source config with only the kept blocks: the layer count and every per-layer list sliced, lists of
     layer indices renumbered, in the text config of a multimodal wrapper."""
+    return keep_layers(source_config, [layer.source for layer in plan.layers], plan.num_layers)
+
+
+def check_renumbering(source_config: dict, plan: PrunePlan, family: Family) -> None:
+    """Refuse a plan whose kept weights the output's config would not build as they are (see
+    anatomy.renumbering_breaks)."""
+    if not plan.dropped_blocks:
+        return
     kept = [layer.source for layer in plan.layers]
-    if isinstance(source_config.get("text_config"), dict):
-        return {**source_config, "text_config": keep_layers(source_config["text_config"], kept, plan.num_layers)}
-    return keep_layers(source_config, kept, plan.num_layers)
+    broken, resized = renumbering_breaks(source_config, stock_config(source_config, plan), kept, family.alike)
+    gone = layers_phrase(plan.dropped_blocks).replace("layer", "block")
+    if resized:
+        raise PlanError(f"{family.model_type}: {blocks_fixed(resized)}")
+    if broken:
+        raise PlanError(
+            f"{family.model_type}: without {gone}, its config would build source {layers_phrase(broken)} with other "
+            "weights (the family derives what a block holds from its position); remove other blocks, or only "
+            "sublayers (--drop-mixer, --drop-mlp) where the family has them"
+        )
 
 
 def output_config(
@@ -93,19 +116,44 @@ def output_config(
         "layer_has_mlp": [layer.mlp for layer in layers],
         "source_layer_index": [layer.source for layer in layers],
         "source_num_hidden_layers": plan.num_layers,
-        "attention_modules": list(family.attention),
-        "mlp_modules": list(family.mlp),
-        "mlp_input_module": family.mlp_in,
-        "mlp_output_module": family.mlp_out,
+        **(_kind_fields(family, layers) or _split_fields(family)),
+        **_mixer_field(family, layers),
         "decoder_layers": family.layers_path,
-        "attention_returns": family.attention_returns,
-        "mlp_returns": family.mlp_returns,
         "adaptive_ffn_skip": adaptive,
         "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
         "dtype": text.get("dtype") or text.get("torch_dtype"),
         "text_config": {
             k: v for k, v in text.items() if k not in ("architectures", "auto_map", "transformers_version")
         },
+    }
+
+
+def _split_fields(split: Family) -> dict:
+    return {
+        "attention_modules": list(split.attention),
+        "mlp_modules": list(split.mlp),
+        "mlp_input_module": split.mlp_in,
+        "mlp_output_module": split.mlp_out,
+        "attention_returns": split.returns_of("attention"),
+        "mlp_returns": split.returns_of("mlp"),
+    }
+
+
+def _mixer_field(family: Family, layers) -> dict:
+    """The token mixer each output layer kept (null: removed), where it is not always attention."""
+    if family.mixer_noun == "attention":
+        return {}
+    return {"layer_mixer": [family.at(layer.source).mixer if layer.attention else None for layer in layers]}
+
+
+def _kind_fields(family: Family, layers) -> dict:
+    """A hybrid's kinds of block and the kind of each output layer."""
+    if not family.kinds:
+        return {}
+    used = sorted({family.layer_kind[layer.source] for layer in layers})
+    return {
+        "layer_kinds": [{"mixer": family.kinds[k].mixer, **_split_fields(family.kinds[k])} for k in used],
+        "layer_kind": [used.index(family.layer_kind[layer.source]) for layer in layers],
     }
 
 

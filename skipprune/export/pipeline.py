@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..cards.card import write_card
 from ..errors import OutputError, PlanError, translated
 from ..prune.adaptive import check_layers, parse_adaptive
-from ..prune.plan import PrunePlan, format_indices
+from ..prune.plan import PrunePlan, format_indices, parse_spec
 from ..records import ByteCounts, ExportRecord, PlanFile, SourceRef, Verification
 from ..system import Flusher, available_memory, fsync_path, fsync_tree, placement_options
 from . import anatomy, layout, nas, verify
@@ -60,6 +60,7 @@ def export(
     drop_attn: str | None = None,
     drop_mlp: str | None = None,
     drop_blocks: str | None = None,
+    drop_mixer: str | None = None,
     keep_last_layer: bool = False,
     max_shard_size: str | int = "5GB",
     dtype: str = "auto",
@@ -76,8 +77,9 @@ def export(
 ) -> ExportResult:
     """Write a copy of `source` without the sublayers the plan removes.
 
-    Give either a PrunePlan or SPEC strings (see skipprune.prune.plan). Logits are compared against the
-    bypassed source unless `verify_numerics=False`: in memory when both models fit comfortably, else with
+    Give either a PrunePlan or SPEC strings (see skipprune.prune.plan); in a hybrid family, `drop_attn` names
+    attention layers only and `drop_mixer` any token mixer (linear attention, Mamba, ...). Logits are compared
+    against the bypassed source unless `verify_numerics=False`: in memory when both models fit comfortably, else with
     the weights streamed from disk; `device_map` / `max_memory` (accelerate's, e.g. "auto" and
     {0: "20GiB"}; "stream" for disk) place both models for that check instead. `adaptive_ffn` (settings
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
@@ -98,8 +100,8 @@ def export(
     _check_output_parent(out)
     searched = None
     if plan_file is not None:
-        if plan is not None or drop_attn or drop_mlp or drop_blocks or keep_last_layer:
-            raise PlanError("give either --plan FILE or --drop-attn/--drop-mlp/--drop-blocks, not both")
+        if plan is not None or drop_attn or drop_mlp or drop_blocks or drop_mixer or keep_last_layer:
+            raise PlanError("give either --plan FILE or --drop-attn/--drop-mixer/--drop-mlp/--drop-blocks, not both")
         searched = PlanFile.load(Path(plan_file))
     src = open_source(str(source), revision, check_config=anatomy.check_config)
     _check_output(out, src.path, overwrite)
@@ -108,24 +110,33 @@ def export(
             raise PlanError(f"{Path(plan_file).name}: {why}; run `skipprune search` on {src.label}")
         plan = searched.plan
     if plan is None:
-        plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer)
-        specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer)
+        plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer, drop_mixer)
+        specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer, drop_mixer)
     elif plan.num_layers != src.num_layers:
         raise PlanError(f"the plan is for {plan.num_layers} layers but the source has {src.num_layers}")
     else:
-        specs = _plan_specs(plan)
+        specs = None
     plan.validate(allow_empty=adaptive is not None)
     family = anatomy.family_of(src.config, split=not plan.blocks_only or adaptive is not None)
     family.check(plan)
+    specs = specs or _plan_specs(plan, family)
+    if drop_attn:
+        family.check_attention(parse_spec(drop_attn, src.num_layers, keep_last_layer) - plan.drop_mlp)
+    if adaptive is not None and any(isinstance(family.at(i).mlp_returns, tuple) for i in range(plan.num_layers)):
+        raise PlanError(
+            f"{family.model_type}: adaptive FFN skipping skips one MLP module per block, and its blocks run several in "
+            "parallel (experts and a shared MLP); leave out --adaptive-ffn"
+        )
     check_layers(adaptive, len(plan.layers))
     if serving:
         nas.check(src.config, plan, family, adaptive)
     stock = plan.blocks_only and adaptive is None and not serving
     ignored = verify.check_source(src, family)
-    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe())
+    source_config = layout.with_layer_types(src.config)
+    layout.check_renumbering(source_config, plan, family)
+    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe(family.mixer_noun))
     if ignored:
         log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
-    source_config = layout.with_layer_types(src.config)
     config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
     zero_ffn = nas.zero_ffn_layers(plan) if serving else []
     keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
@@ -150,6 +161,7 @@ def export(
             architecture="stock" if stock else format if serving else "skipprune",
             format=format,
             zero_ffn_layers=zero_ffn,
+            mixers=[family.at(i).mixer for i in range(src.num_layers)] if family.mixer_noun != "attention" else [],
             bytes=ByteCounts(source=src.nbytes, output=total),
             verification=verification,
             dtype=dtype,
@@ -200,18 +212,22 @@ def _verify(
     return Verification(structure, numerics=check)
 
 
-def _plan_specs(plan: PrunePlan) -> tuple[str | None, str | None, str | None, bool]:
+def _plan_specs(plan: PrunePlan, family) -> tuple:
+    """The --drop-* SPECs of a plan: --drop-attn for attention, --drop-mixer for other token mixers."""
     attn_only, mlp_only = plan.drop_attention - plan.drop_mlp, plan.drop_mlp - plan.drop_attention
-    return tuple(format_indices(s) if s else None for s in (attn_only, mlp_only, plan.dropped_blocks)) + (False,)
+    mixers = set(family.not_attention(attn_only)) if family.kinds or family.mixer != "attention" else set()
+    spec = [format_indices(s) if s else None for s in (attn_only - mixers, mlp_only, plan.dropped_blocks, mixers)]
+    return spec[0], spec[1], spec[2], False, spec[3]
 
 
 def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None, format: str) -> str:
     """The export command that reproduces this one, naming the source by Hub id or folder name, never a path."""
-    drop_attn, drop_mlp, drop_blocks, keep_last = specs
+    drop_attn, drop_mlp, drop_blocks, keep_last, drop_mixer = specs
     parts = ["skipprune", "export", src.label, name]
     if src.on_hub:
         parts += ["--revision", src.revision]
-    for flag, spec in (("--drop-attn", drop_attn), ("--drop-mlp", drop_mlp), ("--drop-blocks", drop_blocks)):
+    flags = ("--drop-attn", "--drop-mixer", "--drop-mlp", "--drop-blocks")
+    for flag, spec in zip(flags, (drop_attn, drop_mixer, drop_mlp, drop_blocks)):
         if spec:
             parts += [flag, spec]
     if keep_last:

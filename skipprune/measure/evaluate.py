@@ -7,7 +7,10 @@ import logging
 from dataclasses import dataclass
 
 from ..cards.card import NOISE_NOTE, fmt, noisy, ratio, score_rows
-from ..errors import MeasureError
+from ..errors import MeasureError, PlanError
+from ..export import layout
+from ..prune.families import Family
+from ..prune.plan import PrunePlan
 from ..prune.suggest import Importance
 from ..records import Measurement, Results
 from ..system import placement_options
@@ -115,6 +118,20 @@ class Analysis:
     importance: Importance
     block_params: int  # parameters of one decoder block
     total_params: int
+    family: Family | None = None
+    config: dict | None = None  # the model's config.json
+
+    def refusal(self, plan: PrunePlan) -> str | None:
+        """Why an export of `plan` would be refused (a hybrid that must keep an attention layer, blocks whose
+        kind follows from their position), or None."""
+        if self.family is None:
+            return None
+        try:
+            self.family.check(plan)
+            layout.check_renumbering(layout.with_layer_types(self.config), plan, self.family)
+        except PlanError as e:
+            return str(e)
+        return None
 
 
 def analyze(
@@ -129,7 +146,7 @@ def analyze(
 ) -> Analysis:
     """Per-layer importance of a stock model on `samples` windows of calibration text."""
     placement = (device_map, max_memory)
-    _, family, windows, _, loaded = _stock_on_windows(
+    prepared, family, windows, _, loaded = _stock_on_windows(
         model, text, samples, seq_len, device, trust_remote_code, placement
     )
     layers = family.layers(loaded)
@@ -137,7 +154,8 @@ def analyze(
         log.info(note)
     log.info("measuring %d windows of %d tokens through %d layers ...", len(windows), seq_len, len(layers))
     block = sum(p.numel() for p in layers[0].parameters())
-    return Analysis(measure_importance(loaded, family, windows), block, speeds.count_params(loaded))
+    importance = measure_importance(loaded, family, windows)
+    return Analysis(importance, block, speeds.count_params(loaded), family, prepared.config)
 
 
 def sweep(

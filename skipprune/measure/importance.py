@@ -36,8 +36,14 @@ def measure_importance(
     if tokens == 0:
         raise MeasureError("no calibration tokens: use a longer --text or more --samples")
     mean = {k: [v / tokens for v in vals] for k, vals in sums.items()}
+    mixers = [family.at(i).mixer for i in range(n_layers)] if family.mixer_noun != "attention" else []
     return Importance(
-        mean["attention"], mean["mlp"], mean["block"], {n: [v / tokens for v in d] for n, d in ang.items()}, tokens
+        mean["attention"],
+        mean["mlp"],
+        mean["block"],
+        {n: [v / tokens for v in d] for n, d in ang.items()},
+        tokens,
+        mixers,
     )
 
 
@@ -53,6 +59,7 @@ def _window_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
     def keep_input(i):
         def hook(module, args, kwargs):
             inputs[i] = (args[0] if args else kwargs["hidden_states"]).detach()
+            attn_delta[i] = None  # the mixer's hooks below add their outputs up for this call of the block
 
         return hook
 
@@ -63,8 +70,9 @@ def _window_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
         return hook
 
     def keep_attention(i):
-        def hook(module, args, output):
-            attn_delta[i] = (output[0] if isinstance(output, tuple) else output).detach()
+        def hook(module, args, output):  # a mixer of parallel modules adds each one's output
+            out = (output[0] if isinstance(output, tuple) else output).detach()
+            attn_delta[i] = out if attn_delta[i] is None else attn_delta[i] + out
 
         return hook
 
@@ -72,7 +80,8 @@ def _window_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(keep_input(i), with_kwargs=True))
         handles.append(layer.register_forward_hook(keep_output(i)))
-        handles.append(getattr(layer, family.attention_out).register_forward_hook(keep_attention(i)))
+        for out in family.at(i).attention_outs:
+            handles.append(getattr(layer, out).register_forward_hook(keep_attention(i)))
     try:
         for ids in tqdm(windows, desc="analyze", unit="window", disable=None, leave=False):
             with torch.no_grad():
@@ -105,7 +114,8 @@ def _layer_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
     handles = []
 
     def keep_attention(module, args, output):
-        attn_delta[0] = (output[0] if isinstance(output, tuple) else output).detach()
+        out = (output[0] if isinstance(output, tuple) else output).detach()
+        attn_delta[0] = out if attn_delta[0] is None else attn_delta[0] + out
 
     with _History(len(chunks)) as history:
 
@@ -124,7 +134,14 @@ def _layer_major(model, family: Family, windows, sums: dict, ang: dict) -> int:
                     earlier = x if n == 1 else history.get(i + 1 - n, b).to(y.device)
                     dist[i + 1 - n] += (torch.arccos(_cos(earlier, y)) / math.pi).sum().item()
 
-        handles = [getattr(layer, family.attention_out).register_forward_hook(keep_attention) for layer in layers]
+        def new_call(module, args):
+            attn_delta[0] = None  # the mixer's hooks add their outputs up for this call of the block
+
+        handles = [layer.register_forward_pre_hook(new_call) for layer in layers] + [
+            getattr(layer, out).register_forward_hook(keep_attention)
+            for i, layer in enumerate(layers)
+            for out in family.at(i).attention_outs
+        ]
         try:
             LayerMajor(model, chunks, desc="analyze").run(observe)
         finally:

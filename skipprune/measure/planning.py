@@ -4,6 +4,7 @@ reuse: prefix.py), then, on a held-out text, the found plan against every one-sh
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import resource
@@ -15,7 +16,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import MeasureError, PlanError
-from ..export import nas
+from ..export import layout, nas
 from ..prune.budget import (
     Costs,
     check_reachable,
@@ -117,11 +118,19 @@ def search(
         prepared.label, ", ".join(b.spec for b in budgets), len(windows), seq_len, objective,
     )  # fmt: skip
 
+    source_config = layout.with_layer_types(prepared.config)
+    renumbered = functools.cache(
+        lambda blocks: layout.check_renumbering(source_config, PrunePlan(num_layers, blocks, blocks), family)
+    )
+
     def allowed(plan: PrunePlan) -> bool:
+        """What the export would accept: the family's checks, the serving format's, and blocks the output's
+        config rebuilds as they are (Jamba, ...)."""
         try:
             family.check(plan)
             if serving:
                 nas.check(prepared.config, plan, family, None)
+            renumbered(frozenset(plan.dropped_blocks))
         except PlanError:
             return False
         return True
@@ -213,8 +222,8 @@ def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: 
         seen = {id(p): p for n in names for p in getattr(layer, n).parameters()}
         return sum(p.numel() for p in seen.values())
 
-    attention = [params(layer, family.attention) for layer in layers]
-    mlp = [params(layer, family.mlp) for layer in layers]
+    attention = [params(layer, family.at(i).attention) for i, layer in enumerate(layers)]
+    mlp = [params(layer, family.at(i).mlp) for i, layer in enumerate(layers)]
     block = [sum(p.numel() for p in layer.parameters()) for layer in layers]
     hidden = int(text.get("hidden_size") or text.get("n_embd"))
     heads = int(text.get("num_attention_heads") or text.get("n_head") or 1)
@@ -222,7 +231,12 @@ def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: 
     experts = text.get("num_local_experts") or text.get("num_experts") or text.get("n_routed_experts")
     active = (text.get("num_experts_per_tok") or experts) / experts if experts else 1.0
     bt = batch * prompt_tokens
-    attn_flops = [2 * bt * p + 2 * batch * prompt_tokens**2 * heads * head_dim for p in attention]
+    # the quadratic term only where the mixer attends (linear attention, Mamba and convolutions are linear)
+    attends = [
+        family.mixer_noun == "attention" or "attention" in family.at(i).mixer.split(" + ") for i in range(len(layers))
+    ]
+    quadratic = 2 * batch * prompt_tokens**2 * heads * head_dim
+    attn_flops = [2 * bt * p + quadratic * a for p, a in zip(attention, attends)]
     mlp_flops = [2 * bt * p * active for p in mlp]
     if not family.attention:  # blocks only: the whole block's weights, attention arithmetic included
         attn_flops = [2 * bt * p + 2 * batch * prompt_tokens**2 * heads * head_dim for p in block]

@@ -50,15 +50,12 @@ def removed_in_place(model, plan: PrunePlan, family: Family):
     from ..export.remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
 
     saved = []
-    sublayers = (
-        (family.attention, plan.drop_attention, family.attention_returns),
-        (family.mlp, plan.drop_mlp, family.mlp_returns),
-    )
     for i, layer in enumerate(family.layers(model)):
-        for names, gone, returns in sublayers:
+        for sublayer, gone in (("attention", plan.drop_attention), ("mlp", plan.drop_mlp)):
             if i in gone:
+                names = getattr(family.at(i), sublayer)
                 saved += [(layer, n, getattr(layer, n)) for n in names]
-                remove_sublayer(layer, list(names), returns)
+                remove_sublayer(layer, list(names), family.at(i).returns_of(sublayer))
     try:
         yield model
     finally:

@@ -33,8 +33,10 @@ def bypassed(model, plan: PrunePlan, family: Family):
     layers = family.layers(model)
     blocks = set(plan.dropped_blocks)
     handles = [layers[i].register_forward_hook(_passed_through, with_kwargs=True) for i in sorted(blocks)]
-    for out, gone in ((family.attention_out, plan.drop_attention), (family.mlp_out, plan.drop_mlp)):
-        handles += [getattr(layers[i], out).register_forward_hook(_zeroed) for i in sorted(set(gone) - blocks)]
+    for i in sorted(plan.drop_attention - blocks):  # parallel modules (Falcon-H1's mixer): each one's output
+        handles += [getattr(layers[i], out).register_forward_hook(_zeroed) for out in family.at(i).attention_outs]
+    for i in sorted(plan.drop_mlp - blocks):
+        handles += [getattr(layers[i], out).register_forward_hook(_zeroed) for out in family.at(i).mlp_outs]
     try:
         yield model
     finally:

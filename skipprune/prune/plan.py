@@ -119,18 +119,23 @@ class PrunePlan:
         drop_mlp: str | None = None,
         drop_blocks: str | None = None,
         keep_last_layer: bool = False,
+        drop_mixer: str | None = None,
     ) -> PrunePlan:
+        """`drop_mixer`: token mixers of any kind (attention, linear attention, Mamba, ...); the plan does not tell
+        them from attention, the family does (skipprune.prune.families)."""
+
         def parse(spec):
             return parse_spec(spec, num_layers, keep_last_layer) if spec else frozenset()
 
-        if keep_last_layer and not any("last:" in (spec or "") for spec in (drop_attn, drop_mlp, drop_blocks)):
+        specs = (drop_attn, drop_mlp, drop_blocks, drop_mixer)
+        if keep_last_layer and not any("last:" in (spec or "") for spec in specs):
             raise PlanError(
                 "--keep-last-layer only moves last:N specs off the final layer, and these name layers by index: "
                 "leave it out, or write last:N"
             )
 
         blocks = parse(drop_blocks)
-        return cls(num_layers, parse(drop_attn) | blocks, parse(drop_mlp) | blocks)
+        return cls(num_layers, parse(drop_attn) | parse(drop_mixer) | blocks, parse(drop_mlp) | blocks)
 
     @classmethod
     def from_dict(cls, data: dict) -> PrunePlan:
@@ -180,15 +185,16 @@ class PrunePlan:
             )
         return self
 
-    def describe(self) -> str:
-        """One line per kind of removal, in source numbering."""
+    def describe(self, mixer: str = "attention") -> str:
+        """One line per kind of removal, in source numbering; `mixer`: what to call the first sublayer ('token
+        mixer' in a hybrid family)."""
         parts = []
         attn_only = self.drop_attention - self.drop_mlp
         mlp_only = self.drop_mlp - self.drop_attention
         if self.dropped_blocks:
             parts.append(f"block{'s' * (len(self.dropped_blocks) > 1)} {format_indices(self.dropped_blocks)}")
         if attn_only:
-            parts.append(f"attention of {layers_phrase(attn_only)}")
+            parts.append(f"{mixer} of {layers_phrase(attn_only)}")
         if mlp_only:
             parts.append(f"MLP of {layers_phrase(mlp_only)}")
         return f"remove {'; '.join(parts) or 'nothing'} (source numbering; {self.kept_phrase()})"

@@ -12,7 +12,7 @@ The numbers, per decoder layer, averaged over calibration tokens:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import PlanError
 from .plan import PrunePlan, format_indices
@@ -25,6 +25,9 @@ class Importance:
     block_cos: list[float]
     angular: dict[int, list[float]]  # n -> distance between layer l and l+n inputs, for l = 0..L-n
     tokens: int
+    # per layer, its token mixer where the family's is not always attention (a hybrid): 'attention' is then the
+    # mixer, which `--drop-mixer` removes
+    mixers: list[str] = field(default_factory=list)
 
     @property
     def block_influence(self) -> list[float]:
@@ -45,6 +48,7 @@ class Importance:
             "tokens": self.tokens,
             "layers": [
                 {"layer": i, "attention_cos": a, "mlp_cos": m, "block_cos": b, "block_influence": 1 - b}
+                | ({"mixer": self.mixers[i]} if self.mixers else {})
                 for i, (a, m, b) in enumerate(zip(self.attention_cos, self.mlp_cos, self.block_cos))
             ],
             "angular_distance": {str(n): d for n, d in self.angular.items()},
@@ -72,12 +76,16 @@ class Suggestion:
     why: str
     plan: PrunePlan
 
-    def command(self, model: str, output: str = "OUTPUT") -> str:
+    def command(self, model: str, output: str = "OUTPUT", mixers: list[str] = ()) -> str:
+        """The export command; `mixers` (Importance.mixers) sends layers whose mixer is not attention to
+        --drop-mixer."""
         parts = ["skipprune", "export", model, output]
         attn_only = self.plan.drop_attention - self.plan.drop_mlp
         mlp_only = self.plan.drop_mlp - self.plan.drop_attention
+        other = {i for i in attn_only if mixers and mixers[i] != "attention"}
         for flag, layers in (
-            ("--drop-attn", attn_only),
+            ("--drop-attn", attn_only - other),
+            ("--drop-mixer", other),
             ("--drop-mlp", mlp_only),
             ("--drop-blocks", self.plan.dropped_blocks),
         ):

@@ -16,7 +16,8 @@ class SkipPruneConfig(PreTrainedConfig):
     sub_configs_defaults = {"text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama")}
 
     text_config: dict | PreTrainedConfig | None = None
-    # One entry per output layer.
+    # One entry per output layer. "Attention" is the block's token mixer: in a hybrid family, linear attention,
+    # a Mamba mixer or a convolution in some layers; `layer_mixer` names the one each layer kept (null: removed).
     layer_has_attention: list[bool] | None = None
     layer_has_mlp: list[bool] | None = None
     source_layer_index: list[int] | None = None
@@ -31,8 +32,13 @@ class SkipPruneConfig(PreTrainedConfig):
     # Where the decoder blocks are in the stock model, and what its attention / MLP modules return (0: a
     # tensor, k: a tuple of k), so that a removed one's stub returns the same.
     decoder_layers: str = "model.layers"
-    attention_returns: int = 2
+    attention_returns: int | dict = 2
     mlp_returns: int = 0
+    # Hybrid families, whose blocks differ by kind: the fields above for each kind of block (`layer_kinds`), and
+    # the kind of each output layer (`layer_kind`, indices into it).
+    layer_kinds: list[dict] | None = None
+    layer_kind: list[int] | None = None
+    layer_mixer: list[str | None] | None = None
     # Input-adaptive FFN skipping (FFN-SkipLLM); None: off, and the model computes exactly as without it.
     # Keys: cold_start, cold_end (first / last layers never skipped), sim_threshold, warmup_tokens, max_skips.
     adaptive_ffn_skip: dict | None = None

@@ -5,9 +5,11 @@ their MLP sublayer (physically removed by skipprune).
 by `config.text_config`; its stock model runs every kept block, so each computes exactly what it computed
 before. The differences:
 
-1. A removed sublayer's module is replaced by `RemovedSublayer`, whose output is zero, and its norms by
-   identities: the block adds nothing for it to the residual stream, which is precisely "sublayer bypassed"
-   (a post-norm of zero is zero too). The stubs hold no weights and no KV cache.
+1. A removed sublayer's module (attention, or in a hybrid family the block's other token mixer: linear
+   attention, a Mamba mixer, a convolution; or the MLP) is replaced by `RemovedSublayer`, whose output is
+   zero, and its norms by identities: the block adds nothing for it to the residual stream, which is
+   precisely "sublayer bypassed" (a post-norm of zero is zero too). The stubs hold no weights and no cache or
+   recurrent state.
 2. Blocks that lost both sublayers are not here at all (layers are renumbered; `source_layer_index` says
    where each came from).
 3. Optional: input-adaptive FFN skipping during generation (FFN-SkipLLM), off unless the config enables it.
@@ -34,8 +36,9 @@ if not _SUPPORTED[0] <= tuple(int(p) for p in transformers_version.split(".")[:2
 
 
 class RemovedSublayer(nn.Module):
-    """Stands in for a deleted attention or MLP module: contributes zero, stores nothing. It returns what the
-    module it replaces returned: a tensor (`returns` 0) or a tuple of `returns` items (the rest None)."""
+    """Stands in for a deleted token mixer (attention, linear attention, Mamba, ...) or MLP module: contributes
+    zero, stores nothing. It returns what the module it replaces returned: a tensor (`returns` 0) or a tuple
+    of `returns` items (the rest None)."""
 
     def __init__(self, returns: int):
         super().__init__()
@@ -47,13 +50,30 @@ class RemovedSublayer(nn.Module):
         return (zeros, *[None] * (self.returns - 1)) if self.returns else zeros
 
 
-def remove_sublayer(block: nn.Module, names: list, returns: int) -> None:
+def remove_sublayer(block: nn.Module, names: list, returns) -> None:
     """Remove one sublayer from a stock decoder block: `names` is its compute module, then the norms only it
-    uses. skipprune's in-memory sweep and its check of each family use this very function."""
-    compute, *norms = names
-    setattr(block, compute, RemovedSublayer(returns))
-    for norm in norms:
-        setattr(block, norm, nn.Identity())
+    uses; `returns` what the compute module returns, or {module: returns} for several modules that run in
+    parallel (Falcon-H1's Mamba and attention), the norms after them. skipprune's in-memory sweep and its check
+    of each family use this very function."""
+    computes = returns if isinstance(returns, dict) else {names[0]: returns}
+    for name in names:
+        if name not in computes:
+            setattr(block, name, nn.Identity())
+            continue
+        stub, module = RemovedSublayer(computes[name]), getattr(block, name)
+        for key, buffer in module.named_buffers(recurse=False):  # unsaved constants the family's init may set
+            if key in module._non_persistent_buffers_set:
+                stub.register_buffer(key, buffer, persistent=False)
+        setattr(block, name, stub)
+
+
+def layer_split(config, i: int) -> dict:
+    """How output layer i splits into its token mixer and its MLP: blocks of a hybrid family differ by kind."""
+    if config.layer_kind is not None:
+        return config.layer_kinds[config.layer_kind[i]]
+    keys = ("attention_modules", "attention_returns", "mlp_modules", "mlp_returns")
+    split = {key: getattr(config, key) for key in keys}
+    return {**split, "mlp_input_module": config.mlp_input_module, "mlp_output_module": config.mlp_output_module}
 
 
 # -- 2. the model ---------------------------------------------------------------------------------------------
@@ -74,6 +94,21 @@ class SkipPrunePreTrainedModel(PreTrainedModel):
         for flag in self._ATTENTION_FLAGS:
             setattr(self, flag, getattr(self._stock_class, flag, False))
         super().__init__(config, *args, **kwargs)
+
+    def _init_weights(self, module):
+        """The stock family's own initialisation, which also fills the buffers a checkpoint does not hold (Falcon-H1's
+        muP vector, ...). It writes through transformers' `initialization` functions, which leave loaded weights
+        alone."""
+        stock = getattr(self, "_stock", None)
+        if stock is None:
+            return super()._init_weights(module)
+        return stock[0]._init_weights(module)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # transformers skips modules without weights of their own when it initialises remote code, which would
+        # leave such buffers empty; the initialisation above is the stock one, so it is not custom.
+        return False
 
 
 def _decoder_layers(model: nn.Module, path: str) -> nn.ModuleList:
@@ -100,11 +135,14 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         self._tied_weights_keys = getattr(stock, "_tied_weights_keys", None)
         self.base_model_prefix = stock.base_model_prefix
         layers = _decoder_layers(self, config.decoder_layers)
-        for block, has_attention, has_mlp in zip(layers, config.layer_has_attention, config.layer_has_mlp):
+        for i, (block, has_attention, has_mlp) in enumerate(
+            zip(layers, config.layer_has_attention, config.layer_has_mlp)
+        ):
+            split = layer_split(config, i)
             if not has_attention:
-                remove_sublayer(block, config.attention_modules, config.attention_returns)
+                remove_sublayer(block, split["attention_modules"], split["attention_returns"])
             if not has_mlp:
-                remove_sublayer(block, config.mlp_modules, config.mlp_returns)
+                remove_sublayer(block, split["mlp_modules"], split["mlp_returns"])
         self.ffn_skip = FFNSkipState(config, stock, layers) if config.adaptive_ffn_skip is not None else None
         self.ffn_skip_stats = None
         self.post_init()
@@ -154,12 +192,10 @@ class FFNSkipState:
         self.active, self.h = False, None
         model.register_forward_pre_hook(self._new_step, with_kwargs=True)
         for i in sorted(self.layers):
-            block = layers[i]
-            getattr(block, config.mlp_input_module).register_forward_pre_hook(self._keep_residual)
-            post = (
-                None if config.mlp_output_module == config.mlp_modules[0] else getattr(block, config.mlp_output_module)
-            )
-            _make_adaptive(getattr(block, config.mlp_modules[0]), post, self)
+            block, split = layers[i], layer_split(config, i)
+            getattr(block, split["mlp_input_module"]).register_forward_pre_hook(self._keep_residual)
+            mlp, out = split["mlp_modules"][0], split["mlp_output_module"]
+            _make_adaptive(getattr(block, mlp), None if out == mlp else getattr(block, out), self)
 
     def _new_step(self, module, args, kwargs):
         x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
