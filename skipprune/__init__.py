@@ -8,6 +8,7 @@ Progress is reported through the `skipprune` logger (the CLI prints it to stderr
 
 from .cards.hub import push
 from .errors import SkippruneError
+from .export.gguf import to_gguf
 from .export.pipeline import ExportResult, export
 from .heal import HealResult, heal
 from .measure.evaluate import analyze, evaluate, sweep
@@ -33,4 +34,5 @@ __all__ = [
     "push",
     "search",
     "sweep",
+    "to_gguf",
 ]

@@ -374,6 +374,32 @@ def card(output, results_path):
 
 
 @main.command()
+@click.argument("export_folder", metavar="EXPORT")
+@click.argument("out", metavar="OUT.gguf")
+@click.option(
+    "--outtype",
+    type=click.Choice(["f32", "f16", "bf16", "q8_0"]),
+    default="f16",
+    show_default=True,
+    help="Tensor type of the GGUF, as llama.cpp's converter names it.",
+)
+@click.option(
+    "--converter",
+    metavar="DIR",
+    help="A llama.cpp tree (its convert_hf_to_gguf.py and conversion/); default: $SKIPPRUNE_LLAMA_CPP, or the "
+    "one tests/engines/llama_cpp.sh unpacks.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT.gguf if it exists (only once the new file is complete).")
+def gguf(export_folder, out, outtype, converter, overwrite):
+    """Write EXPORT as a GGUF file for llama.cpp, Ollama and LM Studio, with llama.cpp's own converter: a
+    --format nemotron-nas export or a whole-block one, whatever its tokenizer (SentencePiece, byte-fallback BPE,
+    GPT-2-style byte-level BPE)."""
+    from .export.gguf import to_gguf
+
+    click.echo(to_gguf(export_folder, out, outtype, converter, overwrite))
+
+
+@main.command()
 @click.argument("output", type=click.Path(exists=True, file_okay=False))
 @click.argument("repo_id")
 @click.option("--private", is_flag=True, help="Create the repo as private.")

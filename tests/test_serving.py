@@ -199,11 +199,15 @@ def gguf_source(tmp_path_factory):
     a wider initialisation keep the random model from merely repeating its last token."""
     folder = tmp_path_factory.mktemp("gguf") / "src"
     text = (Path(skipprune.__file__).parent / "data" / "heldout.txt").read_text(encoding="utf-8")
-    tokenizer = make_byte_fallback_tokenizer(folder, text)
+    return engine_model(folder, len(make_byte_fallback_tokenizer(folder, text)))
+
+
+def engine_model(folder: Path, vocab_size: int) -> Path:
+    """The tiny llama of the engine tests, beside its tokenizer in `folder`."""
     return make_model(
         folder,
         "llama",
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=64,
         intermediate_size=WIDTH,
         max_position_embeddings=256,

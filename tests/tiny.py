@@ -71,6 +71,27 @@ def make_byte_fallback_tokenizer(folder: Path, text: str, merges: int = 200):
     return tokenizer
 
 
+def make_byte_level_tokenizer(folder: Path, text: str, vocab_size: int = 600, add_prefix_space: bool = False):
+    """A GPT-2-style tokenizer: byte-level BPE (the 256 byte symbols, then merges learnt from `text`) with GPT-2's
+    pre-tokenizer, the kind SmolLM, GPT-2 and many fine-tunes use; llama.cpp has never seen its vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(text.splitlines(), trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
 def anatomy_of(name: str):
     """The Family skipprune learns from transformers for a tiny `name` model (see skipprune.export.anatomy)."""
     from skipprune.export.anatomy import family_of

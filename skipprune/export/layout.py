@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import PlanError
+from ..errors import PlanError, describe
 from ..prune.families import Family
 from ..prune.plan import PrunePlan, layers_phrase
 from . import nas
@@ -77,8 +77,13 @@ def check_renumbering(source_config: dict, plan: PrunePlan, family: Family) -> N
     if not plan.dropped_blocks:
         return
     kept = [layer.source for layer in plan.layers]
-    broken, resized = renumbering_breaks(source_config, stock_config(source_config, plan), kept, family.alike)
     gone = layers_phrase(plan.dropped_blocks).replace("layer", "block")
+    try:
+        broken, resized = renumbering_breaks(source_config, stock_config(source_config, plan), kept, family.alike)
+    except Exception as e:  # the family's own config class refuses the kept layers
+        raise PlanError(
+            f"{family.model_type}: without {gone}, its config does not build ({describe(e)}); remove other blocks"
+        ) from None
     if resized:
         raise PlanError(f"{family.model_type}: {blocks_fixed(resized)}")
     if broken:
