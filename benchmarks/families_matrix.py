@@ -66,7 +66,7 @@ def try_export(src: Path, out: Path, plan) -> str:
         skipprune.export(src, out, plan, card=False)
         return "yes"
     except SkippruneError as e:
-        return str(e)
+        return str(e).replace(f"{src.parent}/", "")  # no temporary paths in the table
     except _Timeout:
         return "timed out after 300 s"
     except Exception as e:  # a family's own code failing on its toy: recorded, not fatal

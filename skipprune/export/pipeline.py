@@ -121,7 +121,7 @@ def export(
     family.check(plan)
     specs = specs or _plan_specs(plan, family)
     if drop_attn:
-        family.check_attention(parse_spec(drop_attn, src.num_layers, keep_last_layer) - plan.drop_mlp)
+        family.check_attention(parse_spec(drop_attn, src.num_layers, keep_last_layer) - plan.drop_mlp, src.num_layers)
     if adaptive is not None and any(isinstance(family.at(i).mlp_returns, tuple) for i in range(plan.num_layers)):
         raise PlanError(
             f"{family.model_type}: adaptive FFN skipping skips one MLP module per block, and its blocks run several in "

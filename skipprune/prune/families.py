@@ -144,12 +144,16 @@ class Family:
                 "least one"
             )
 
-    def check_attention(self, layers) -> None:
+    def check_attention(self, layers, num_layers: int) -> None:
         """Refuse `--drop-attn` on layers whose token mixer is not attention: --drop-mixer removes those."""
         if other := self.not_attention(layers):
             kinds = " and ".join(sorted(self.mixers(other)))
-            attention = [i for i in range(len(self.layer_kind)) if self.at(i).mixer == "attention"]
-            where = f"its attention layers are {format_indices(attention)}" if attention else "it has no attention"
+            attention = [i for i in range(num_layers) if self.at(i).mixer == "attention"]
+            where = (
+                f"its attention layers are {format_indices(attention)}"
+                if attention
+                else "none of its layers mixes tokens by attention alone"
+            )
             raise PlanError(
                 f"{self.model_type}: {layers_phrase(other)} mix{'es' * (len(other) == 1)} tokens by {kinds}, not "
                 f"attention ({where}); "
