@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -100,13 +101,22 @@ def measure(llm, tokens: list[int]) -> dict[str, float]:
     return out
 
 
+@functools.cache
+def source_model(source: Path):
+    """The source in transformers (fp32), loaded once per model for every export's checks and costs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+
+
 def agreement(source: Path, folder: Path, plan, text: str, tmp: Path, threads: int) -> dict:
     """llama.cpp against transformers on real text, for one export: the same tokens, the share of positions whose
     next-token argmax agrees and the largest logit difference over 512 tokens (f32 GGUF, f32 KV cache), and
     the same 32-token greedy continuation of a 64-token prompt."""
     import torch
     from llama_cpp import Llama
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from skipprune.export.anatomy import family_of
     from skipprune.export.gguf import to_gguf
@@ -128,7 +138,7 @@ def agreement(source: Path, folder: Path, plan, text: str, tmp: Path, threads: i
         engine_greedy = [next(stream) for _ in range(32)]
     finally:
         llm.close()
-    ref = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    ref = source_model(source)
     family = family_of(read_config(source, source.name))
     with torch.no_grad(), bypassed(ref, plan, family):
         want = ref(input_ids=torch.tensor([ids])).logits[0]
@@ -147,8 +157,6 @@ def agreement(source: Path, folder: Path, plan, text: str, tmp: Path, threads: i
 
 def ideal(source: Path, plan, prompt: int) -> dict[str, float]:
     """Ideal speed-ups of `plan` (a PrunePlan): prefill at each prompt length, generation at `prompt` context."""
-    import torch
-    from transformers import AutoModelForCausalLM
 
     from skipprune.export.anatomy import family_of
     from skipprune.export.source import read_config
@@ -157,7 +165,7 @@ def ideal(source: Path, plan, prompt: int) -> dict[str, float]:
 
     config = read_config(source, source.name)
     family = family_of(config)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    model = source_model(source)
     out = {}
     for t in PROMPTS:
         costs = model_costs(model, family, config, t, 1, False)
