@@ -153,12 +153,28 @@ def test_two_exports_to_one_output(family_sources, tmp_path):
     time.sleep(0.3)
     second = subprocess.run(cmd, capture_output=True, text=True)
     _, first_err = first.communicate()
-    # Exactly one wins (whichever reaches the lock first); the other fails in one line, touching nothing.
+    # Exactly one wins (whichever reaches the lock first); the other fails in one line, touching nothing: at
+    # the lock, or, when the winner has already published, at the check made again under the lock.
     stderr = {first.returncode: first_err, second.returncode: second.stderr}
     assert sorted(stderr) == [0, 1]
     assert "another skipprune export" in stderr[1] or "already exists" in stderr[1]
     assert AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True) is not None
     assert not list(tmp_path.glob(".out.skipprune-*"))
+
+
+def test_output_published_meanwhile_is_refused_under_the_lock(tmp_path):
+    """The output check is made again once the lock is held, so an export that waited out another one's publish
+    fails before writing anything, instead of after a whole export."""
+    from skipprune.errors import OutputError
+    from skipprune.export.pipeline import staging
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(OutputError, match="already exists"), staging(out, overwrite=False):
+        pytest.fail("the staging folder was made for an OUTPUT that exists")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with staging(out, overwrite=True) as tmp:
+        assert tmp.is_dir() and tmp.parent == tmp_path
 
 
 def test_sigterm_cleans_up(family_sources, tmp_path):

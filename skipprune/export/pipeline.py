@@ -147,7 +147,7 @@ def export(
     command = command or _command(src, out.name, specs, dtype, adaptive, format)
     code = () if stock else NAS_FILES if serving else REMOTE_FILES
 
-    with staging(out) as tmp:
+    with staging(out, overwrite) as tmp:
         total = sum(t.nbytes for t in tensors)
         with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
             write_shards(tmp, tensors, shard_bytes, bar.update)
@@ -264,10 +264,13 @@ def _check_output(out: Path, source: Path, overwrite: bool) -> None:
 
 
 @contextlib.contextmanager
-def staging(out: Path):
+def staging(out: Path, overwrite: bool):
     """A temporary folder beside `out`, under its lock, that an export (or a healed copy) is written into: it
     becomes `out` only through `publish`; a failure or an interruption before that removes it."""
     with _exclusive(out), _sigterm_cleans_up():
+        # Checked again under the lock: another export may have published OUTPUT since the first check.
+        if out.exists() and not overwrite:
+            raise OutputError(f"OUTPUT {out} already exists; pass --overwrite to replace it, or choose another folder")
         _clean_stale_partials(out)
         tmp = out.parent / f".{out.name}{_PARTIAL}{os.getpid()}"
         try:

@@ -285,7 +285,7 @@ def _write(
     from ..cards.card import write_card
 
     written = index_tensors(folder)
-    with pipeline.staging(out) as tmp:
+    with pipeline.staging(out, overwrite) as tmp:
         for item in folder.iterdir():
             if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, RESULTS_FILE):
                 shutil.copyfile(item, tmp / item.name)
