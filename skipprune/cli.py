@@ -293,20 +293,45 @@ def export(source, output, push_to, private, verify, **options):
 @click.option("--tokens", type=click.IntRange(min=0), help="Or: healing tokens (steps = tokens / batch / seq-len).")
 @click.option("--lora-rank", type=click.IntRange(min=1), default=8, show_default=True, help="LoRA rank (peft).")
 @click.option("--full", is_flag=True, help="Train every weight of the decoder blocks instead of LoRA adapters.")
-@click.option("--lr", type=float, help="Learning rate (default 2e-4 with LoRA, 2e-5 with --full).")
+@click.option(
+    "--train",
+    metavar="last:K,head",
+    help="Instead of LoRA: train the last K kept blocks and/or the LM head fully (e.g. last:3,head).",
+)
+@click.option("--lr", type=float, help="Learning rate (default 2e-4 with LoRA, 2e-5 with --full or --train).")
 @click.option("--seq-len", type=click.IntRange(min=2), default=128, show_default=True)
-@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option(
+    "--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per step, over all processes."
+)
+@click.option(
+    "--parallel",
+    type=click.Choice(["auto", "ddp", "fsdp2"]),
+    default="auto",
+    show_default=True,
+    help="Under torchrun / accelerate launch: copies (ddp) or shards (fsdp2) of the student; auto: fsdp2 when it "
+    "does not fit half a GPU.",
+)
 @click.option("--score-text", default="bundled", show_default=True, help="Held-out text for the scores.")
 @click.option("--eval-every", type=click.IntRange(min=1), help="Also score every N steps (the healing curve).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @spread_options(stream=False)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists (only once the new folder is complete).")
-def heal(pruned, output, full, lora_rank, **options):
-    """Train the export PRUNED briefly to recover what removal cost; write OUTPUT in the same format."""
+@click.pass_context
+def heal(ctx, pruned, output, full, lora_rank, train, **options):
+    """Train the export PRUNED briefly to recover what removal cost; write OUTPUT in the same format.
+
+    On N processes: torchrun --nproc-per-node N -m skipprune heal ... (or accelerate launch)."""
     from .heal import heal as run_heal
 
-    result = run_heal(pruned, output, lora_rank=None if full else lora_rank, **options)
+    if train and full:
+        raise click.UsageError("--train and --full choose what is trained: give one")
+    explicit_rank = ctx.get_parameter_source("lora_rank") == click.core.ParameterSource.COMMANDLINE
+    if train and explicit_rank:
+        raise click.UsageError("--train trains whole weights without LoRA: drop --lora-rank")
+    result = run_heal(pruned, output, lora_rank=None if full or train else lora_rank, train=train, **options)
+    if result is None:  # another process of a distributed run: the main one reports
+        return
     healing = result.record.healing
     click.echo(
         f"held-out perplexity ({healing.score_seq_len}-token windows): "

@@ -95,6 +95,8 @@ class Healing:
     tensors_trained: int = 0
     score_seq_len: int | None = None  # the scoring windows' length in tokens
     command: str | None = None  # the heal command that reproduces it (names, never paths)
+    train: str | None = None  # "last:K,head": what was trained fully without LoRA (None: LoRA, or every block)
+    processes: int = 1  # how many processes shared each batch
 
 
 @dataclass

@@ -115,6 +115,31 @@ def test_the_bound_only_ever_abandons_losers(family_sources):
     assert partial != value and partial > 0
 
 
+def test_measured_terms_are_reused_to_the_last_bit(family_sources):
+    """A plan screened, or abandoned part-way, is measured later from where it stopped, with the value a fresh
+    measurement gives; a plan measured before costs nothing."""
+    model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
+    windows = calibration(n=6)
+    plan = PrunePlan(6, {2}, {4})
+    with PrefixObjective(model, fam, windows) as fresh:
+        fresh.block_runs = fresh.tail_runs = 0
+        want = fresh.value(plan, 2)
+        work = fresh.block_runs, fresh.tail_runs
+    with PrefixObjective(model, fam, windows) as prefix:
+        prefix.block_runs = prefix.tail_runs = 0
+        partial = prefix.value(plan, 2, batches=2)
+        assert prefix.tail_runs == 2  # two windows, one each
+        known = partial * 2 / 6  # the first two windows' sum, over all six windows' tokens: a lower bound
+        assert prefix.value(plan, 2, bound=known * 0.9) is None  # ruled out by what is known: no work
+        assert prefix.tail_runs == 2
+        assert prefix.value(plan, 2) == want
+        assert (prefix.block_runs, prefix.tail_runs) == work  # every window once, in all
+        assert prefix.value(plan, 2) == want and prefix.value(plan, 2, batches=2) == partial
+        assert (prefix.block_runs, prefix.tail_runs) == work
+        prefix.commit(PrunePlan(6, {1}), 1)  # the value belongs to the plan, whatever the current plan
+        assert prefix.value(plan, 1) == want
+
+
 def _trace(search_outcome):
     return [(s.move, s.objective) for s in search_outcome.steps]
 

@@ -478,11 +478,30 @@ def write_card(folder: Path, record: ExportRecord, results: Results | None, name
     return path
 
 
+def _trained_part(train: str) -> str:
+    parts = []
+    for part in train.split(","):
+        if part.startswith("last:"):
+            k = int(part[5:])
+            parts.append(f"the last {k} kept block" + "s" * (k > 1))
+        elif part == "head":
+            parts.append("the LM head")
+    return " and ".join(parts)
+
+
 def _healing(record: ExportRecord) -> str:
     h = record.healing
     if h is None:
         return ""
-    how = f"LoRA rank {h.lora_rank} (peft), merged" if h.lora_rank else "full fine-tuning of the decoder blocks"
+    how = (
+        f"LoRA rank {h.lora_rank} (peft), merged"
+        if h.lora_rank
+        else f"full fine-tuning of {_trained_part(h.train)}"
+        if h.train
+        else "full fine-tuning of the decoder blocks"
+    )
+    if h.processes > 1:
+        how += f", on {h.processes} processes"
     objective = f"distillation from `{h.teacher}` (KL to its logits)" if h.method == "distill" else "next-token loss"
     windows = f" ({h.score_seq_len}-token windows)" if h.score_seq_len else ""
     rows = [f"| model | held-out perplexity{windows} |", "|---|---:|"]

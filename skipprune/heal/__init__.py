@@ -1,11 +1,13 @@
 """heal(): train a pruned export briefly to recover what removal cost, and write it as a new export folder.
 
 Two objectives: `distill` (KL divergence from the source model's next-token distribution, the teacher; as
-in Minitron and Puzzle) and `lm` (next-token loss on the text, as in SLEB and Shortened LLaMA). LoRA
-adapters through peft (rank r, alpha 2r) on every linear layer of the kept blocks, merged into the weights
-at the end; or `full`: every weight of the decoder blocks trained. Embeddings and the LM head stay as they
-are. The output has the export's tensor names, shapes, dtypes, shards and per-layer flags: it loads exactly
-as before. Scores are measured on a held-out text that is never the healing text.
+in Minitron and Puzzle) and `lm` (next-token loss on the text, as in SLEB and Shortened LLaMA). Three
+recipes: LoRA adapters through peft (rank r, alpha 2r) on every linear layer of the kept blocks, merged into
+the weights at the end; `full`: every weight of the decoder blocks; `train="last:K,head"`: the LM head and the
+last K kept blocks, fully (what "Reassessing Layer Pruning", 2026, found better than LoRA after removing the
+last layers). The output has the export's tensor names, shapes, dtypes, shards and per-layer flags: it loads
+exactly as before. Scores are measured on a held-out text that is never the healing text. Under a launcher
+(torchrun, accelerate launch) the same healing runs on N processes (distributed.py).
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from ..export.verify import verify_structure
 from ..export.writer import INDEX_NAME, OutTensor
 from ..measure.perplexity import perplexity
 from ..measure.runner import input_device, load_model, pick_device, prepare, prepare_stock
+from ..measure.stream import blocks_of
 from ..measure.text import overlap, read_text, token_windows
 from ..records import RESULTS_FILE, ExportRecord, Healing, Verification
 from ..system import placement_options
+from . import distributed
 
 log = logging.getLogger(__name__)
 METHODS = ("distill", "lm")
@@ -53,6 +57,8 @@ def heal(
     steps: int | None = None,
     tokens: int | None = None,
     lora_rank: int | None = 8,
+    train: str | None = None,
+    parallel: str = "auto",
     lr: float | None = None,
     seq_len: int = 128,
     batch: int = 8,
@@ -64,15 +70,16 @@ def heal(
     device_map: str | None = None,
     max_memory: str | dict | None = None,
     overwrite: bool = False,
-) -> HealResult:
+) -> HealResult | None:
     """Heal the export at `pruned` on `text` and write the result to `output` (see the module docs).
 
-    `lora_rank=None` trains the decoder blocks' weights fully. Give `steps` or `tokens` (default: 200 steps).
+    `lora_rank=None` trains the decoder blocks' weights fully; `train="last:K,head"` (with `lora_rank=None`)
+    the LM head and the last K kept blocks. Give `steps` or `tokens` (default: 200 steps); `batch` is the
+    global batch, shared among the processes of a distributed run (`parallel`: ddp, fsdp2, or auto).
     `teacher` is the model the export was pruned from (default: its Hub source, when it has one). With a
     `device_map` (accelerate: auto, balanced, ...) student and teacher are spread over the GPUs (and CPU
-    memory) in their checkpoint dtype; training needs them in memory, not offloaded to disk."""
-    import torch
-
+    memory) in their checkpoint dtype; training needs them in memory, not offloaded to disk. In a distributed
+    run, the main process writes the output and returns the result; the others return None."""
     if method not in METHODS:
         raise PlanError(f"unknown healing method {method!r}: use distill or lm")
     if steps is not None and tokens is not None:
@@ -81,6 +88,16 @@ def heal(
         raise PlanError("--steps, --tokens, --seq-len and --batch must be positive")
     if device_map == "stream":
         raise PlanError("--device-map stream runs one block at a time and cannot train; use --device-map auto")
+    if train is not None and lora_rank is not None:
+        raise PlanError("--train trains whole weights: it goes without LoRA (drop --lora-rank)")
+    recipe = parse_train(train)
+    if distributed.launched() and device_map:
+        raise PlanError(
+            "under torchrun or accelerate launch every process holds the student itself: drop --device-map "
+            "(--parallel fsdp2 shards a student that does not fit one device)"
+        )
+    if distributed.launched() and batch < int(os.environ["WORLD_SIZE"]):
+        raise PlanError(f"--batch {batch} cannot be shared among {os.environ['WORLD_SIZE']} processes: raise --batch")
     folder = Path(pruned)
     record = ExportRecord.load(folder)
     out = Path(output).expanduser().absolute()
@@ -110,32 +127,77 @@ def heal(
 
     device_map, max_memory = placement_options(device_map, max_memory)
     device = pick_device(device)
+    world = distributed.join(device)
+    try:
+        return _heal_joined(
+            folder, out, record, world, device, device_map, max_memory, parallel, train, train_name, held_out,
+            score_name, teacher, method, steps, lora_rank, recipe, lr, seq_len, batch, text, score_text,
+            score_windows, eval_every, seed, overwrite,
+        )  # fmt: skip
+    finally:
+        distributed.leave(world)
+
+
+def _heal_joined(
+    folder, out, record, world, device, device_map, max_memory, parallel, train, train_name, held_out, score_name,
+    teacher, method, steps, lora_rank, recipe, lr, seq_len, batch, text, score_text, score_windows, eval_every,
+    seed, overwrite,
+):  # fmt: skip
+    import torch
+
+    strategy = distributed.pick_strategy(parallel, world, _folder_bytes(folder), device)
+    if world.main and world.size > 1:
+        log.info("healing on %d processes (%s)", world.size, strategy)
+    place = device if world.size == 1 or device != "cuda" else f"cuda:{world.local_rank}"
+    # FSDP2 shards from a CPU copy (in the checkpoint dtype when it is bound for GPUs): no device holds it whole
+    place = "cpu" if strategy == "fsdp2" else place
+    keep = strategy == "fsdp2" and device == "cuda"
     student = prepare(str(folder), device, spread=device_map is not None, streamable=False)
-    model = load_model(student, device, device_map, max_memory)
+    model = load_model(student, place, device_map, max_memory, keep_dtype=keep)
+    gpu = strategy == "fsdp2" and device == "cuda"  # FSDP2 moves each shard to this process's GPU
+    here = torch.device(f"cuda:{world.local_rank}") if gpu else input_device(model)
+    run = Run(world, strategy, here, list(blocks_of(model)))  # found before peft wraps the model
     windows = token_windows(student.tokenizer, train, seq_len)
     scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows)
-    scores = {"pruned": perplexity(model, scoring, score_name)[0]}
     reference, teacher_label = None, None
     if teacher is not None:
         teacher_ref, _ = prepare_stock(teacher, device, spread=device_map is not None, streamable=False)
         teacher_label = teacher_ref.label  # a Hub id or a folder's name: records never hold a local path
-        reference = load_model(teacher_ref, device, device_map, max_memory)
-        scores["source"] = perplexity(reference, scoring, score_name)[0]
-        if method == "lm":
-            reference = None
+        if method == "distill" or world.main or strategy == "fsdp2":
+            reference = load_model(teacher_ref, place, device_map, max_memory, keep_dtype=keep)
 
-    torch.manual_seed(seed)
-    start = time.monotonic()
-    curve = [(0, scores["pruned"])]
-    trained = set()
+    torch.manual_seed(seed)  # the same adapters on every process
     # the serving format's all-zero FFNs stay zero: their being zero is what makes every engine agree
     frozen = tuple(f"model.layers.{i}.mlp." for i in record.zero_ffn_layers)
+    model, trained, adapters = _trainable(model, lora_rank, recipe, frozen) if steps else (model, set(), None)
+    model = distributed.wrap(model, strategy, run.blocks, str(run.device)) if steps else model
+    if reference is not None and strategy == "fsdp2":
+        reference = distributed.wrap(reference, strategy, blocks_of(reference), str(run.device), trainable=False)
+
+    def score(m) -> float | None:
+        """Held-out perplexity, on the main process (with FSDP2, whose forward gathers weights from every
+        process, on all of them)."""
+        if world.main or strategy == "fsdp2":
+            return perplexity(distributed.unwrap(m), scoring, score_name)[0]
+        return None
+
+    scores = {"pruned": score(model)}  # LoRA's B starts at zero: the adapters change nothing yet
+    if reference is not None:
+        scores["source"] = score(reference)
+        if method == "lm":
+            reference = None
+    start = time.monotonic()
+    curve = [(0, scores["pruned"])]
     if steps:
-        model, trained = _train(
-            model, reference, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve, frozen
-        )
+        _train(model, reference, windows, steps, batch, lora_rank, lr, score, eval_every, curve, run)
+        scores["healed"] = score(model)
+        rebuild = lambda: load_model(student, "cpu", keep_dtype=keep)  # noqa: E731
+        model = _merged(model, run, adapters, rebuild)
     seconds = time.monotonic() - start
-    scores["healed"] = perplexity(model, scoring, score_name)[0] if steps else scores["pruned"]
+    if not world.main:
+        world.barrier()  # until the main process has written the output
+        return None
+    scores.setdefault("healed", scores["pruned"])
     if curve[-1][0] != steps * batch * seq_len:
         curve.append((steps * batch * seq_len, scores["healed"]))
 
@@ -161,22 +223,70 @@ def heal(
             method,
             steps,
             lora_rank,
+            recipe,
             lr,
             seq_len,
             batch,
             score_text,
             seed,
         ),
+        train=str(recipe) if recipe else None,
+        processes=world.size,
     )
     state = {k: v.detach() for k, v in model.state_dict().items()}
-    return HealResult(out, _write(folder, out, record, healing, state, trained, overwrite), curve)
+    try:
+        return HealResult(out, _write(folder, out, record, healing, state, trained, overwrite), curve)
+    finally:
+        world.barrier()
 
 
-def _command(pruned, out, text, teacher, method, steps, lora_rank, lr, seq_len, batch, score_text, seed):
-    """The heal command that reproduces this one, naming texts and folders by name, never by path."""
+@dataclass(frozen=True)
+class Recipe:
+    """What `--train` trains: the last `last` kept blocks, and the LM head when `head`."""
+
+    last: int = 0
+    head: bool = False
+
+    def __str__(self) -> str:
+        return ",".join([f"last:{self.last}"] * bool(self.last) + ["head"] * self.head)
+
+
+def parse_train(spec: str | None) -> Recipe | None:
+    if spec is None:
+        return None
+    last, head = 0, False
+    for part in (p.strip() for p in spec.split(",")):
+        if part == "head":
+            head = True
+        elif part.startswith("last:") and part[5:].isdigit() and int(part[5:]) > 0:
+            last = int(part[5:])
+        else:
+            raise PlanError(f"--train {spec!r}: {part!r} is neither last:K (K >= 1) nor head; e.g. --train last:3,head")
+    return Recipe(last, head)
+
+
+@dataclass
+class Run:
+    """Where the training runs: the processes, how the student is spread over them, the device of this one, and
+    the student's decoder blocks (FSDP2's units)."""
+
+    world: distributed.World
+    strategy: str
+    device: object
+    blocks: list = dataclasses.field(default_factory=list)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+
+
+def _command(pruned, out, text, teacher, method, steps, lora_rank, recipe, lr, seq_len, batch, score_text, seed):
+    """The heal command that reproduces this one, naming texts and folders by name, never by path (on any number
+    of processes: the global batch is the same)."""
     parts = ["skipprune", "heal", pruned, out, "--text", Path(text).name if text != "wikitext2" else text]
     parts += ["--method", method, "--steps", str(steps)] + (["--teacher", teacher] if teacher else [])
-    parts += ["--full"] if lora_rank is None else ["--lora-rank", str(lora_rank)]
+    recipe_flags = ["--train", str(recipe)] if recipe else ["--full"]
+    parts += recipe_flags if lora_rank is None else ["--lora-rank", str(lora_rank)]
     options = (("--lr", lr, None), ("--seq-len", seq_len, 128), ("--batch", batch, 8), ("--seed", seed, 0))
     for flag, value, default in options:
         if value != default:
@@ -198,62 +308,66 @@ def _lr(lr: float | None, lora_rank: int | None) -> float:
     return lr if lr is not None else (2e-4 if lora_rank else 2e-5)
 
 
-def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_name, eval_every, curve, frozen=()):
-    """The training loop; returns the model with its adapters merged, and the names of the tensors it trained
-    (no copy of the weights is kept: the structure check compares every other tensor with the pruned export)."""
+def _trainable(model, lora_rank, recipe, frozen):
+    """The student with what trains set trainable: LoRA adapters (peft) or whole weights. Returns it, the names
+    of the tensors it trains (no copy of the weights is kept: the structure check compares every other tensor
+    with the pruned export), and the LoRA config (None without LoRA)."""
+    if not lora_rank:
+        chosen = _chosen(model, list(blocks_of(model)), recipe)
+        for name, p in model.named_parameters():
+            p.requires_grad = id(p) in chosen and not name.startswith(frozen)
+        return model, {name for name, p in model.named_parameters() if p.requires_grad}, None
+    peft = _peft()
+    with warnings.catch_warnings():  # peft asks transformers about a renamed attribute: not the user's concern
+        warnings.simplefilter("ignore", FutureWarning)
+        exclude = [p.rstrip(".") + "." + proj for p in frozen for proj in ("gate_proj", "up_proj", "down_proj")]
+        config = peft.LoraConfig(
+            r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", exclude_modules=exclude or None
+        )
+        model = peft.get_peft_model(model, config)
+    prefix = "base_model.model."
+    trained = {name.removeprefix(prefix) + ".weight" for name, m in model.named_modules() if hasattr(m, "base_layer")}
+    return model, trained, config
+
+
+def _train(model, teacher, windows, steps, batch, lora_rank, lr, score, eval_every, curve, run: Run) -> None:
+    """The training loop, on this process's share of every global batch."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    if lora_rank:
-        peft = _peft()
-        with warnings.catch_warnings():  # peft asks transformers about a renamed attribute: not the user's concern
-            warnings.simplefilter("ignore", FutureWarning)
-            exclude = [p.rstrip(".") + "." + proj for p in frozen for proj in ("gate_proj", "up_proj", "down_proj")]
-            config = peft.LoraConfig(
-                r=lora_rank, lora_alpha=2 * lora_rank, target_modules="all-linear", exclude_modules=exclude or None
-            )
-            model = peft.get_peft_model(model, config)
-        prefix = "base_model.model."
-        trained = {
-            name.removeprefix(prefix) + ".weight" for name, m in model.named_modules() if hasattr(m, "base_layer")
-        }
-    else:
-        for name, p in model.named_parameters():  # the decoder blocks only
-            p.requires_grad = (".layers." in name or ".h." in name) and not name.startswith(frozen)
-        trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    world = run.world
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=_lr(lr, lora_rank), weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     gen = torch.Generator().manual_seed(0)
     seq_len = windows.shape[1]
+    # each process's loss: a sum over its tokens over the global count, times N (DDP and FSDP2 average gradients)
+    scale = world.size / batch
     model.train()
     start = time.monotonic()
-    with tqdm(total=steps, desc="healing", unit="step", disable=None, leave=False) as bar:
+    with tqdm(total=steps, desc="healing", unit="step", disable=None if world.main else True, leave=False) as bar:
         for step in range(1, steps + 1):
             t0 = time.monotonic()
-            ids = windows[torch.randint(0, len(windows), (batch,), generator=gen)].to(input_device(model))
+            ids = world.share(windows[torch.randint(0, len(windows), (batch,), generator=gen)]).to(run.device)
             logits = model(input_ids=ids, use_cache=False).logits.float()
             if teacher is None:
-                labels = ids[:, 1:].to(logits.device)
-                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1))
+                labels = ids[:, 1:].reshape(-1)
+                nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels, reduction="sum")
+                loss = nll * scale / (seq_len - 1)
             else:
                 with torch.no_grad():
-                    target = teacher(input_ids=ids.to(input_device(teacher)), use_cache=False).logits.float()
-                target = target.to(logits.device)
-                loss = (
-                    F.kl_div(
-                        F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True, reduction="batchmean"
-                    )
-                    / seq_len
-                )
+                    target = teacher(input_ids=ids, use_cache=False).logits.float()
+                kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True, reduction="sum")
+                loss = kl * scale / seq_len
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
+            # the main process's share, scaled to the whole batch: the global loss up to sampling noise
             bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{batch * seq_len / (time.monotonic() - t0):.0f}")
             bar.update(1)
-            if bar.disable and (step % max(1, steps // 10) == 0 or step == steps):  # no bar: a line per tenth
+            if bar.disable and world.main and (step % max(1, steps // 10) == 0 or step == steps):
                 spent = time.monotonic() - start
                 log.info(
                     "healing: step %d of %d, loss %.4f, %.0f s so far, about %.0f s left",
@@ -261,17 +375,49 @@ def _train(model, teacher, windows, steps, batch, lora_rank, lr, scoring, score_
                 )  # fmt: skip
             if eval_every and step % eval_every == 0 and step < steps:
                 model.eval()
-                curve.append((step * batch * seq_len, perplexity(model, scoring, score_name)[0]))
+                ppl = score(model)
+                curve.append((step * batch * seq_len, ppl))
                 model.train()
-    log.info(
-        "healed: %d step%s in %.0f s, last loss %.4f", steps, "s" * (steps > 1), time.monotonic() - start, loss.item()
-    )
+    if world.main:
+        log.info(
+            "healed: %d step%s in %.0f s, last loss %.4f",
+            steps, "s" * (steps > 1), time.monotonic() - start, loss.item(),
+        )  # fmt: skip
     model.eval()
-    if lora_rank:
+
+
+def _merged(model, run: Run, adapters, rebuild):
+    """The trained student, whole and with its adapters merged, on the main process (None on the others). FSDP2's
+    shards are gathered into a fresh copy there: peft cannot merge sharded adapters."""
+    if run.strategy == "fsdp2":
+        state = distributed.full_state(model, run.strategy, run.world)
+        if not run.world.main:
+            return None
+        model = rebuild()
+        if adapters is not None:
+            model = _peft().get_peft_model(model, adapters)
+        model.load_state_dict(state)
+    elif not run.world.main:
+        return None
+    model = distributed.unwrap(model)
+    if adapters is not None:
         model = model.merge_and_unload()
     for p in model.parameters():
         p.requires_grad = False
-    return model, trained
+    return model.eval()
+
+
+def _chosen(model, blocks: list, recipe: Recipe | None) -> set[int]:
+    """The parameters a whole-weight recipe trains (by identity: a tied head is the embedding): every decoder
+    block's (`--full`), or the last K blocks' and the LM head's (`--train`)."""
+    if recipe is None:
+        return {id(p) for b in blocks for p in b.parameters()}
+    if recipe.last > len(blocks):
+        raise PlanError(f"--train last:{recipe.last}: the export has {len(blocks)} blocks; choose K <= {len(blocks)}")
+    chosen = {id(p) for b in blocks[len(blocks) - recipe.last :] for p in b.parameters()}
+    if recipe.head:
+        chosen |= {id(p) for p in model.get_output_embeddings().parameters()}
+    return chosen
 
 
 def _write(

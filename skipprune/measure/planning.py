@@ -150,14 +150,19 @@ def search(
         head = int(shape_config.get("vocab_size") or 0) * int(shape_config.get("hidden_size") or 0)
         forward_equivalents = measured.forward_equivalents(sum(costs.block_params) / costs.num_layers, head)
         evaluations = found.evaluations
-    seconds = time.perf_counter() - started
-    log.info(
-        "found in %.0f s (%d candidates measured, %.1f forward-equivalents): %s",
-        seconds, evaluations, forward_equivalents, outcome.plan.describe(),
-    )  # fmt: skip
+        seconds = time.perf_counter() - started
+        log.info(
+            "found in %.0f s (%d candidates measured, %.1f forward-equivalents): %s",
+            seconds, evaluations, forward_equivalents, outcome.plan.describe(),
+        )  # fmt: skip
+        if eval_windows is not None:
+            # for the comparison only, not the search: each candidate alone, measured in full (what the search
+            # measured already is not measured again)
+            found.phase = "comparison: each candidate alone"
+            one_shot = found.one_shot()
     comparison = []
     if eval_windows is not None:
-        strategies = _strategies(loaded, family, windows, outcome, found)
+        strategies = _strategies(loaded, family, windows, outcome, found, one_shot)
         comparison = _score(loaded, family, eval_windows, eval_name, strategies, costs)
     record = PlanSearch(
         objective=objective,
@@ -261,7 +266,7 @@ def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: 
 # -- the held-out comparison ---------------------------------------------------------------------------------
 
 
-def _strategies(model, family: Family, windows, outcome, found: Search) -> list[tuple[str, PrunePlan]]:
+def _strategies(model, family: Family, windows, outcome, found: Search, one_shot) -> list[tuple[str, PrunePlan]]:
     """The found plan, greedy's (when the swap pass changed it), and one-shot plans at the same budget: the last
     layers (Tyukin et al.), the candidates that cost least when removed alone (measured), the least important
     by analyze's metrics (ShortGPT's Block Influence, attention / MLP in-out cosine) and the best contiguous
@@ -273,7 +278,7 @@ def _strategies(model, family: Family, windows, outcome, found: Search) -> list[
     n = found.n
     free = [i for i in range(n) if i not in found.keep]
     out.append((f"last-N ({_KIND_WORD[kind]})", found.take([Move.of(kind, i) for i in reversed(free)])))
-    out.append(("one-shot measured", found.take([mv for mv, _ in outcome.one_shot])))
+    out.append(("one-shot measured", found.take([mv for mv, _ in one_shot])))
     imp = measure_importance(model, family, windows)
     score = {
         "attention": lambda i: -imp.attention_cos[i],

@@ -8,6 +8,10 @@ Objectives, mean per token over the calibration windows:
 - `perplexity`: the next-token negative log-likelihood (the log of perplexity; reported as perplexity).
 Each token's term is non-negative (KL clamped at 0 against rounding), so a partial sum is a lower bound of the
 whole: a candidate is abandoned as soon as it exceeds the bound the search gives, which changes no choice.
+A plan's value depends on the plan alone, so every batch's term is kept once measured: a plan screened on
+the first windows, or abandoned part-way, is later measured from where it stopped (the running sum adds the
+same terms in the same order, so the value is the same to the last bit), and a plan measured before costs
+nothing.
 
 Blocks run on the inputs the model's own forward hands them (recorded once, stream.LayerMajor), so the
 numbers equal full forwards of the model with the same sublayers removed, bit for bit (tested). Weights
@@ -54,6 +58,7 @@ class PrefixObjective:
         self.count = n_tokens if objective == "kl" else n_tokens - len(windows)
         self.windows = len(windows)
         self.block_runs = self.tail_runs = 0  # windows through one block / through the tail
+        self.terms: dict[PrunePlan, list[float]] = {}  # each plan's per-batch terms measured so far
         self._stack = ExitStack()
 
     def __enter__(self):
@@ -82,15 +87,24 @@ class PrefixObjective:
     ) -> float | None:
         """The objective of `plan` over every window, or (screening) over the first `batches` batches only."""
         count = len(self.batches) if batches is None else min(batches, len(self.batches))
-        groups = [range(count)] if self.layer_major else [[b] for b in range(count)]
         tokens = self.count if batches is None else self._tokens(count)
+        terms = self.terms.setdefault(plan, [])
         total = 0.0
+        for term in terms[:count]:
+            total += term
+        if bound is not None and total / tokens > bound:
+            return None
+        if len(terms) >= count:
+            return total / tokens
+        left = range(len(terms), count)
+        groups = [left] if self.layer_major else [[b] for b in left]
         with removed_in_place(self.model, plan, self.family):
             for group in groups:
                 hidden = {b: self.states[start][b] for b in group}
                 self._run_blocks(plan, start, hidden)
                 for b in group:
-                    total += self._term(b, self._tail(b, hidden[b]))
+                    terms.append(self._term(b, self._tail(b, hidden[b])))
+                    total += terms[-1]
                 if bound is not None and total / tokens > bound:
                     return None
         return total / tokens

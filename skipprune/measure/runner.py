@@ -102,17 +102,24 @@ def _tokenizer(folder: Path, ref: str, config: dict, own: bool, trust_remote_cod
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
 
-def load_model(prepared: Prepared, device: str, device_map: str | None = None, max_memory: dict | None = None):
+def load_model(
+    prepared: Prepared,
+    device: str,
+    device_map: str | None = None,
+    max_memory: dict | None = None,
+    keep_dtype: bool = False,
+):
     """fp32 on CPU (bf16 matmuls there are slow and imprecise), the checkpoint dtype on CUDA. With a
     `device_map` (accelerate: auto, balanced, sequential, ...), the checkpoint dtype, the layers spread over
     the GPUs and `max_memory`, the rest offloaded to CPU memory and then to disk (weights read when a module
     runs, from the safetensors files where they can be). With `device_map="stream"`, or for a model that does
     not fit (`prepared.stream`): every block on disk, read when it runs (measure/stream.py runs them one at a
-    time over all windows), on the GPU when there is one."""
+    time over all windows), on the GPU when there is one. `keep_dtype`: the checkpoint dtype on the CPU too
+    (a copy that is sharded over GPUs from there)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    options: dict = {"dtype": torch.float32 if device == "cpu" else "auto"}
+    options: dict = {"dtype": torch.float32 if device == "cpu" and not keep_dtype else "auto"}
     streamed = device_map == "stream" or prepared.stream
     if device_map or streamed:
         offload = tempfile.mkdtemp(prefix="skipprune-offload-")

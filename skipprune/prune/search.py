@@ -5,19 +5,21 @@ decides, so it is testable against brute force and free of torch.
 1. Greedy: from the full model, remove one candidate at a time (an attention sublayer, an MLP sublayer or a
    whole block), each time the one with the smallest rise of the objective per unit of progress towards the
    budgets still unmet (for a count budget such as attn:33 %, simply the smallest objective), until every
-   budget is met. The first step measures every candidate in full: its ranking is the one-shot "measured"
-   strategy.
+   budget is met.
 2. Swap pass: while some exchange of one removed unit for one kept candidate lowers the objective with every
    budget still met, make the best such exchange.
+(`one_shot` measures every candidate alone, in full: the one-shot "measured" strategy the search is compared
+with.)
 
 Both are exact about their choices while skipping work: the objective is a sum of non-negative per-token
 terms, so a candidate whose partial sum already rules it out is abandoned (`bound`), and ties go to the first
 candidate in a fixed order (kind, then layer), whatever order they were measured in. That bound rarely fires
 before most windows are measured (one window is a sixteenth of the sum), so exact greedy measures nearly every
-candidate in full at every step; screening (the default in `skipprune search`) trades that for speed: from
-step 2 on, every option is first measured on the first two calibration windows only, and the few best of those
-in full; the choice is then greedy's whenever greedy's winner screens among them. A screened swap pass only
-brings in the candidates that scored best when last measured.
+candidate in full at every step; screening (the default in `skipprune search`) trades that for speed: every
+option is first measured on the first two calibration windows only, and the few best of those in full; the
+choice is then greedy's whenever greedy's winner screens among them. A screened swap pass only brings in the
+candidates that scored best when last measured, and measures in full only exchanges that lowered the
+objective on the screening windows.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..errors import PlanError
@@ -103,7 +105,6 @@ class Outcome:
     plan: PrunePlan
     objective: float
     steps: list[Step]
-    one_shot: list[tuple[Move, float]] = field(default_factory=list)  # each candidate alone, measured
     greedy_objective: float | None = None  # before the swap pass
     greedy_plan: PrunePlan | None = None
 
@@ -177,7 +178,6 @@ class Search:
         current = self._value(plan, 0, None)
         self.objective.commit(plan, 0)
         steps: list[Step] = []
-        one_shot: list[tuple[Move, float]] = []
         order: dict = {}  # each option's last score: measured in that order, the likely winners come first
         while not met(self.budgets, plan, self.costs):
             started = time.perf_counter()
@@ -189,10 +189,7 @@ class Search:
                     options.append((mv, new, mv.layer, prog))
             if not options:
                 raise PlanError(self._unreachable(plan))
-            first = not steps
-            chosen, values, counts = self._choose(plan, current, options, order, full=first)
-            if first:
-                one_shot = sorted(((mv, v) for mv, v in values), key=lambda x: (x[1], x[0]))
+            chosen, counts = self._choose(plan, current, options, order)
             assert chosen is not None  # the first option measured in full is never cut short
             _, mv, current, plan, start = chosen
             self.objective.commit(plan, start)
@@ -217,7 +214,7 @@ class Search:
                     new = into.remove(base)
                     if into != out and new != plan and met(self.budgets, new, self.costs):
                         options.append(((out, into), new, min(out.layer, into.layer), 1.0))
-            chosen, _, counts = self._choose(plan, current, options, order, ceiling=0.0)
+            chosen, counts = self._choose(plan, current, options, order, ceiling=0.0)
             if chosen is None:
                 break
             _, (out, into), current, plan, start = chosen
@@ -225,7 +222,19 @@ class Search:
             move = f"swap: restore {out}, remove {into}"
             steps.append(self._step(len(steps) + 1, move, plan, current, counts, started))
             log.info("step %d: %s -> objective %.5f", len(steps), move, current)
-        return Outcome(plan, current, steps, one_shot, greedy, greedy_plan)
+        return Outcome(plan, current, steps, greedy_objective=greedy, greedy_plan=greedy_plan)
+
+    def one_shot(self) -> list[tuple[Move, float]]:
+        """Every candidate removed alone from the full model, measured in full, lowest objective first (ties: the
+        fixed order). Leaves the objective's current plan at the full model."""
+        empty = PrunePlan(self.n)
+        self.objective.commit(empty, 0)
+        measured = []
+        for mv in self.removals(empty):
+            value = self._value(mv.remove(empty), mv.layer, None)
+            assert value is not None  # no bound: measured to the end
+            measured.append((mv, value))
+        return sorted(measured, key=lambda x: (x[1], x[0]))
 
     def take(self, moves: list[Move]) -> PrunePlan | None:
         """A one-shot plan: `moves` in their order, each kept if it helps an unmet budget and is allowed, until
@@ -257,27 +266,27 @@ class Search:
             return moves
         return sorted(moves, key=lambda mv: (order.get(mv, float("inf")), mv))[: 2 * self.screen]
 
-    def _choose(self, plan, current: float, options: list, order: dict, full: bool = False, ceiling=None):
+    def _choose(self, plan, current: float, options: list, order: dict, ceiling=None):
         """The option (key, plan, first changed layer, progress) with the lowest score (rise of the objective per
-        unit of progress; ties: the lowest key) below `ceiling`, as (score, key, value, plan, start); the
-        values measured in full; and (measured, cut short, screened) counts. `full`: measure every option to
-        the end. With screening, every option is first measured on the first batches of windows only, and
-        the `screen` best of them in full."""
+        unit of progress; ties: the lowest key) below `ceiling`, as (score, key, value, plan, start); and
+        (measured, cut short, screened) counts. With screening, every option is first measured on the first
+        batches of windows only, and the `screen` best of them (below `ceiling` there too) in full."""
         screened = 0
-        if self.screen and not full and len(options) > self.screen:
+        if self.screen and (len(options) > self.screen or ceiling is not None):
             base = self._value(plan, self.n, None, self.screen_batches)  # the current plan: its tail only
             partial = {}
             for key, new, start, prog in options:
                 partial[key] = (self._value(new, start, None, self.screen_batches) - base) / prog
             screened = len(options)
+            options = [o for o in options if ceiling is None or partial[o[0]] < ceiling]
             options = sorted(options, key=lambda o: (partial[o[0]], o[0]))[: self.screen]
         else:
             options = sorted(options, key=lambda o: (order.get(o[0], float("inf")), o[0]))
         best = None
-        values, evaluated, cut = [], 0, 0
+        evaluated = cut = 0
         for key, new, start, prog in options:
             limit = best[0] if best is not None else ceiling
-            bound = None if full or limit is None else current + limit * prog
+            bound = None if limit is None else current + limit * prog
             value = self._value(new, start, bound)
             evaluated += 1
             if value is None:
@@ -285,10 +294,9 @@ class Search:
                 continue
             score = (value - current) / prog
             order[key] = score
-            values.append((key, value))
             if (ceiling is None or score < ceiling) and (best is None or (score, key) < (best[0], best[1])):
                 best = (score, key, value, new, start)
-        return best, values, (evaluated, cut, screened)
+        return best, (evaluated, cut, screened)
 
     def _value(self, plan: PrunePlan, start: int, bound: float | None, batches: int | None = None) -> float | None:
         self.evaluations += batches is None
