@@ -579,7 +579,7 @@ def _importance_table(imp) -> str:
     type=click.IntRange(min=0),
     default=4,
     show_default=True,
-    help="From step 2 on, measure every candidate on 2 windows, then the best K on all (0: every one on all).",
+    help="Measure every candidate on 2 windows, then the best K on all (0: every one on all windows).",
 )
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=1024, show_default=True, help="latency: prompt.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="latency: prompts per batch.")

@@ -203,7 +203,24 @@ def test_screening_with_room_for_every_candidate_is_greedy(family_sources):
         screened = Search(prefix, costs, budgets, ("attention",), screen=1).run(swap=False)
         wide = Search(prefix, costs, budgets, ("attention",), screen=99).run(swap=False)
     assert _trace(wide) == _trace(exact)
-    assert met(budgets, screened.plan, costs) and screened.steps[1].screened > 0
+    assert met(budgets, screened.plan, costs) and all(step.screened > 0 for step in screened.steps)
+
+
+def test_one_shot_measures_every_candidate_alone_in_full(family_sources):
+    """The held-out table's "one-shot measured" strategy: each candidate removed alone from the full model, on
+    every window, lowest first; measured after any search, whatever plan the objective holds then."""
+    model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
+    windows = calibration()
+    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, False)
+    budgets = parse_budgets("params:30%")
+    full = FullForwards(model, fam, windows)
+    with PrefixObjective(model, fam, windows) as prefix:
+        found = Search(prefix, costs, budgets, screen=2)
+        found.run(swap=False)
+        ranking = found.one_shot()
+    want = sorted(((mv, full.value(mv.remove(PrunePlan(6)))) for mv in found.removals(PrunePlan(6))),
+                  key=lambda x: (x[1], x[0]))  # fmt: skip
+    assert ranking == want and len(ranking) == 18  # attention, MLP and block of each of 6 layers
 
 
 def test_budgets_kinds_keep_and_serving_constraints(family_sources):

@@ -98,12 +98,14 @@ def wrap(model, strategy: str, blocks, device: str, trainable: bool = True):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [int(device.split(":")[1])] if device.startswith("cuda:") else None
-        return DistributedDataParallel(model, device_ids=ids)
+        # an MoE's experts that no token of a step reached get no gradient: DDP must not wait for them
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
     if strategy == "fsdp2":
+        import torch.distributed as dist
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (_size(),))
+        mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (dist.get_world_size(),))
         for block in blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
@@ -111,21 +113,15 @@ def wrap(model, strategy: str, blocks, device: str, trainable: bool = True):
 
 
 def unwrap(model):
-    return getattr(model, "module", model)
+    """The module inside DDP's wrapper (FSDP2 shards a module in place: it is its own)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def full_state(model, strategy: str, world: World) -> dict | None:
-    """The trained weights, whole, on the main process's CPU (None elsewhere): FSDP2's shards gathered; DDP's
-    copies are equal, the main process's is taken."""
-    if strategy != "fsdp2":
-        return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()} if world.main else None
+def gathered_state(model, world: World) -> dict | None:
+    """An FSDP2 model's weights, whole, on the main process's CPU (None elsewhere; every process takes part)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return state if world.main else None
-
-
-def _size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size()

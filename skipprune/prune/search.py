@@ -18,8 +18,7 @@ before most windows are measured (one window is a sixteenth of the sum), so exac
 candidate in full at every step; screening (the default in `skipprune search`) trades that for speed: every
 option is first measured on the first two calibration windows only, and the few best of those in full; the
 choice is then greedy's whenever greedy's winner screens among them. A screened swap pass only brings in the
-candidates that scored best when last measured, and measures in full only exchanges that lowered the
-objective on the screening windows.
+candidates that scored best when last measured.
 """
 
 from __future__ import annotations
@@ -260,8 +259,8 @@ class Search:
         return left
 
     def _runners_up(self, moves: list[Move], order: dict) -> list[Move]:
-        """What a swap may bring in: with screening, the 2 x `screen` moves that scored best when last measured
-        (the greedy steps' runners-up); otherwise every move."""
+        """What a swap may bring in: with screening, the 2 x `screen` moves that scored best when last measured,
+        in full or screened (the greedy steps' runners-up); otherwise every move."""
         if not self.screen:
             return moves
         return sorted(moves, key=lambda mv: (order.get(mv, float("inf")), mv))[: 2 * self.screen]
@@ -270,15 +269,17 @@ class Search:
         """The option (key, plan, first changed layer, progress) with the lowest score (rise of the objective per
         unit of progress; ties: the lowest key) below `ceiling`, as (score, key, value, plan, start); and
         (measured, cut short, screened) counts. With screening, every option is first measured on the first
-        batches of windows only, and the `screen` best of them (below `ceiling` there too) in full."""
+        batches of windows only, and the `screen` best of them in full. (Confirming only the exchanges that
+        scored below `ceiling` on the screening windows lost the real model's one useful swap: 2 windows are
+        too few to tell.)"""
         screened = 0
-        if self.screen and (len(options) > self.screen or ceiling is not None):
+        if self.screen and len(options) > self.screen:
             base = self._value(plan, self.n, None, self.screen_batches)  # the current plan: its tail only
             partial = {}
             for key, new, start, prog in options:
                 partial[key] = (self._value(new, start, None, self.screen_batches) - base) / prog
+                order[key] = partial[key]  # until measured in full: the swap pass draws its runners-up from these
             screened = len(options)
-            options = [o for o in options if ceiling is None or partial[o[0]] < ceiling]
             options = sorted(options, key=lambda o: (partial[o[0]], o[0]))[: self.screen]
         else:
             options = sorted(options, key=lambda o: (order.get(o[0], float("inf")), o[0]))
