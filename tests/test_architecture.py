@@ -26,6 +26,7 @@ STAGES = {
     "demo": 7,
     "cli": 8,
     "__init__": 9,
+    "__main__": 9,  # python -m skipprune (launchers): the command itself
 }
 
 
