@@ -39,3 +39,14 @@ def assert_clean_failure(proc, needle: str, out: Path | None = None, after_progr
     if out is not None:
         assert not out.exists()
         assert not list(out.parent.glob(f".{out.name}.skipprune-*"))
+
+
+def tensors(folder: Path) -> dict:
+    """Every tensor of a checkpoint folder's shards, by name."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys()})
+    return out

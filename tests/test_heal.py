@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import skipprune
@@ -17,7 +16,7 @@ from skipprune.data import DEMO_MODEL, HELDOUT
 from skipprune.errors import MeasureError
 from skipprune.heal import heal
 
-from common import assert_clean_failure, digest, run
+from common import assert_clean_failure, digest, run, tensors
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +35,6 @@ def quick_heal(folder, out, text, **options):
     return heal(
         folder, out, text=str(text), **{"method": "lm", "seq_len": 32, "batch": 2, "score_windows": 2, **options}
     )
-
-
-def tensors(folder):
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
 
 
 def test_lora_changes_only_the_adapted_weights(pruned, tmp_path):

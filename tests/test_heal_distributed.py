@@ -10,14 +10,13 @@ import sys
 
 import pytest
 import torch
-from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 import skipprune
 from skipprune.data import DEMO_MODEL, HELDOUT
 from skipprune.records import ExportRecord
 
-from common import run
+from common import run, tensors
 
 # Training runs in fp32 on the CPU; a process computes its share of each batch, so its matmuls round differently
 # from one process's (other shapes), by about 1e-7 relative. The export stores bf16: such a difference flips the
@@ -48,16 +47,8 @@ def torchrun(*args, processes: int = 2):
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def weights(folder):
-    out = {}
-    for shard in sorted(folder.glob("*.safetensors")):
-        with safe_open(shard, "pt") as f:
-            out.update({k: f.get_tensor(k) for k in f.keys()})
-    return out
-
-
-def assert_same_weights(one, two, pruned_folder):
-    a, b, before = weights(one), weights(two), weights(pruned_folder)
+def assert_same_tensors(one, two, pruned_folder):
+    a, b, before = tensors(one), tensors(two), tensors(pruned_folder)
     assert a.keys() == b.keys() == before.keys()
     changed = [k for k in a if not torch.equal(a[k], before[k])]
     assert changed, "healing changed nothing: the comparison would prove nothing"
@@ -86,12 +77,12 @@ def test_two_processes_equal_one(pruned, tmp_path, recipe, parallel):
     assert double.returncode == 0, double.stderr[-3000:]
     assert f"healing on 2 processes ({parallel})" in double.stderr
     assert double.stdout.count("held-out perplexity") == 1  # the main process reports, once
-    assert_same_weights(tmp_path / "one", tmp_path / "two", folder)
+    assert_same_tensors(tmp_path / "one", tmp_path / "two", folder)
     record = ExportRecord.load(tmp_path / "two")
     command = ExportRecord.load(tmp_path / "one").healing.command
     assert record.healing.processes == 2 and record.healing.command == command.replace(" one ", " two ")
     structure = record.verification.structure  # checked as the main process wrote it
-    assert structure.model_expects_them and structure.tensors == len(weights(folder))
+    assert structure.model_expects_them and structure.tensors == len(tensors(folder))
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "two", trust_remote_code=True) is not None
     assert not list(tmp_path.glob(".two.skipprune-*"))
 
@@ -104,7 +95,7 @@ def test_distillation_with_a_sharded_teacher(pruned, tmp_path):
     assert single.returncode == 0, single.stderr
     double = torchrun("heal", folder, tmp_path / "two", *options, "--parallel", "fsdp2")
     assert double.returncode == 0, double.stderr[-3000:]
-    assert_same_weights(tmp_path / "one", tmp_path / "two", folder)
+    assert_same_tensors(tmp_path / "one", tmp_path / "two", folder)
     card = (tmp_path / "two" / "README.md").read_text()
     assert "full fine-tuning of the last 1 kept block, on 2 processes" in card
 
@@ -122,7 +113,7 @@ def test_train_recipe_trains_only_the_head_and_last_blocks(pruned, tmp_path):
     folder, text = pruned
     proc = run("heal", folder, tmp_path / "h", "--text", text, "--method", "lm", *HEAL, "--train", "last:1,head")
     assert proc.returncode == 0, proc.stderr
-    before, after = weights(folder), weights(tmp_path / "h")
+    before, after = tensors(folder), tensors(tmp_path / "h")
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     last = max(int(k.split(".")[2]) for k in before if k.startswith("model.layers."))  # output numbering
     # the demo model ties its head to the embeddings: training the head trains that matrix

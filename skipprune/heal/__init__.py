@@ -151,10 +151,9 @@ def _heal_joined(
     place = device if world.size == 1 or device != "cuda" else f"cuda:{world.local_rank}"
     # FSDP2 shards from a CPU copy (in the checkpoint dtype when it is bound for GPUs): no device holds it whole
     place = "cpu" if strategy == "fsdp2" else place
-    keep = strategy == "fsdp2" and device == "cuda"
+    gpu = keep = strategy == "fsdp2" and device == "cuda"  # FSDP2 then moves each shard to this process's GPU
     student = prepare(str(folder), device, spread=device_map is not None, streamable=False)
     model = load_model(student, place, device_map, max_memory, keep_dtype=keep)
-    gpu = strategy == "fsdp2" and device == "cuda"  # FSDP2 moves each shard to this process's GPU
     here = torch.device(f"cuda:{world.local_rank}") if gpu else input_device(model)
     run = Run(world, strategy, here, list(blocks_of(model)))  # found before peft wraps the model
     windows = token_windows(student.tokenizer, train, seq_len)

@@ -110,12 +110,12 @@ def train_loop(model, teacher, windows, steps, batch, lora_rank, lr, score, eval
             ids = world.share(windows[torch.randint(0, len(windows), (batch,), generator=gen)]).to(run.device)
             logits = model(input_ids=ids, use_cache=False).logits.float()
             if teacher is None:
-                labels = ids[:, 1:].reshape(-1)
+                labels = ids[:, 1:].reshape(-1).to(logits.device)  # a device map may end on another GPU
                 nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels, reduction="sum")
                 loss = nll * scale / (seq_len - 1)
             else:
                 with torch.no_grad():
-                    target = teacher(input_ids=ids, use_cache=False).logits.float()
+                    target = teacher(input_ids=ids, use_cache=False).logits.float().to(logits.device)
                 kl = F.kl_div(F.log_softmax(logits, -1), F.log_softmax(target, -1), log_target=True, reduction="sum")
                 loss = kl * scale / seq_len
             opt.zero_grad()
