@@ -7,7 +7,8 @@ Builds a random bf16 checkpoint of TinyLlama-1.1B's shape (about 2 GiB, two shar
 OUT --drop-blocks last:7 --no-verify` (the source check, structure, kept bytes and the meta-device model check
 still run, and the output is fsynced; the logit check, which loads both models, is what --no-verify turns off)
 and the import of torch + transformers, which the export's model checks need, and reports
-medians, the ratio to cp, and each command's peak RSS (from wait4). Page cache is warm for both.
+medians, the ratio to cp, each command's peak memory (its process tree's, summed: benchmarks/timing.py)
+and the export's own time split. Page cache is warm for both.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from timing import measured, split_of
 
 SHAPE = dict(vocab=32000, hidden=2048, intermediate=5632, heads=32, kv_heads=4)
 
@@ -80,17 +82,6 @@ def make_checkpoint(folder: Path, layers: int) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2))
 
 
-def timed(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
-    return wall, usage.ru_maxrss * 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/skipprune-bench"))
@@ -137,12 +128,15 @@ def main() -> None:
             *drop,
         ]
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in cmds}
+    splits: dict[str, list[dict]] = {name: [] for name in cmds}
     for _ in range(args.repeats + 1):  # the first round warms the page cache and is discarded
         for name, cmd in cmds.items():
             out = args.dir / "out"
             shutil.rmtree(out, ignore_errors=True)
             os.sync()  # no write-back of an earlier run's files lands inside the next run's timing
-            runs[name].append(timed(cmd(out)))
+            wall, rss, err = measured(cmd(out))
+            runs[name].append((wall, rss))
+            splits[name].append(split_of(err))
     shutil.rmtree(args.dir / "out", ignore_errors=True)
 
     base = statistics.median(w for w, _ in runs["cp -r"][1:])
@@ -155,6 +149,16 @@ def main() -> None:
         rs = rs[1:]
         wall = statistics.median(w for w, _ in rs)
         print(f"| {name} | {wall:.2f} | {wall / base:.2f}x | {max(r for _, r in rs) / 2**20:.0f} |")
+    print_splits(splits)
+
+
+def print_splits(splits: dict[str, list[dict]]) -> None:
+    """The exports' own time split, median per phase over the measured rounds."""
+    for name, rounds in splits.items():
+        rounds = [r for r in rounds[1:] if r]
+        if rounds:
+            phases = {p: statistics.median(r.get(p, 0.0) for r in rounds) for p in rounds[0]}
+            print(f"{name}: " + ", ".join(f"{p} {s:.1f} s" for p, s in phases.items()))
 
 
 if __name__ == "__main__":

@@ -22,10 +22,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from timing import measured, split_of
 
 SHAPE = {"vocab": 32000, "hidden": 4096, "intermediate": 11008, "heads": 32}
 SHARD_BYTES = 5 * 10**9
@@ -114,24 +117,13 @@ def in_memory_forward(folder: Path, samples: int, seq_len: int) -> None:
     print(f"forward {time.perf_counter() - start:.1f}", file=sys.stderr)
 
 
-def timed(cmd: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (bytes) and stderr of one command."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss * 1024, err
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/skipprune-large"))
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--drop", default="last:33%")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint and the export")
+    ap.add_argument("--repeats", type=int, default=1, help="interleaved rounds of cp, --no-verify, default")
     ap.add_argument("--analyze", action="store_true", help="also time analyze (and an in-memory forward)")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=256)
@@ -148,32 +140,67 @@ def main() -> None:
             subprocess.run([sys.executable, "-c", code], check=True)
             print(f"wrote the source in {time.perf_counter() - start:.0f} s", file=sys.stderr)
         size = sum(p.stat().st_size for p in src.iterdir())
-        os.sync()
-        cp_wall, cp_rss, _ = timed(["cp", "-r", str(src), str(copy)])
-        shutil.rmtree(copy)
-        os.sync()
-        wall, rss, err = timed([exe, "export", str(src), str(out), "--drop-attn", args.drop])
+        cmds = {
+            "cp -r": ["cp", "-r", str(src), str(copy)],
+            "skipprune export --no-verify": [
+                exe,
+                "export",
+                str(src),
+                str(out),
+                "--drop-attn",
+                args.drop,
+                "--no-verify",
+            ],
+            "skipprune export (default, logits checked)": [exe, "export", str(src), str(out), "--drop-attn", args.drop],
+            # The same with every check in the export's own process, one after the other, for comparison.
+            "skipprune export (default, nothing beside the copy)": [
+                sys.executable,
+                "-c",
+                "import importlib, sys; s = importlib.import_module('skipprune.export.sidecar'); s.OVERLAP_BYTES = s.LOGITS_OVERLAP_BYTES = 1 << 62; "
+                "from skipprune.cli import main; main(sys.argv[1:])",
+                "export",
+                str(src),
+                str(out),
+                "--drop-attn",
+                args.drop,
+            ],
+        }
+        runs: dict[str, list] = {name: [] for name in cmds}
+        for _ in range(args.repeats):  # interleaved: the machine's speed drifts
+            for name, cmd in cmds.items():
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.rmtree(out, ignore_errors=True)
+                os.sync()
+                runs[name].append(measured(cmd))
+        shutil.rmtree(copy, ignore_errors=True)
         record = json.loads((out / "skipprune.json").read_text())
-        print(f"source: {size / 1e9:.1f} GB, {args.layers} layers of Llama-2-7B's shape; drop-attn {args.drop}")
-        print("| command | wall (s) | vs cp -r | peak RSS (MiB) |\n|---|---:|---:|---:|")
-        print(f"| cp -r | {cp_wall:.1f} | 1.00x | {cp_rss / 2**20:.0f} |")
+        base = statistics.median(w for w, _, _ in runs["cp -r"])
         print(
-            f"| skipprune export (default, logits checked) | {wall:.1f} | {wall / cp_wall:.2f}x | {rss / 2**20:.0f} |"
+            f"source: {size / 1e9:.1f} GB, {args.layers} layers of Llama-2-7B's shape; drop-attn {args.drop}; "
+            f"median of {args.repeats}"
         )
+        print("| command | wall (s) | vs cp -r | peak memory (MiB) |\n|---|---:|---:|---:|")
+        for name, rs in runs.items():
+            wall = statistics.median(w for w, _, _ in rs)
+            print(f"| {name} | {wall:.1f} | {wall / base:.2f}x | {max(r for _, r, _ in rs) / 2**20:.0f} |")
+            print(f"  walls: {', '.join(f'{w:.1f}' for w, _, _ in rs)}")
+            splits = [split_of(e) for _, _, e in rs if split_of(e)]
+            if splits:
+                phases = {k: statistics.median(sp.get(k, 0.0) for sp in splits) for k in splits[0]}
+                print("  split (median s): " + ", ".join(f"{k} {v:.1f}" for k, v in phases.items()))
         print("verification:", json.dumps(record["verification"]["numerics"]))
-        print("\n".join(line for line in err.splitlines() if "verified" in line or "streamed" in line))
         if args.analyze:
             shutil.rmtree(out)
             demo = Path(__file__).parent.parent / "skipprune" / "data" / "demo-model"
             for f in demo.glob("tokenizer*"):
                 shutil.copy(f, src / f.name)
             size_args = ["--samples", str(args.samples), "--seq-len", str(args.seq_len)]
-            wall_a, rss_a, err_a = timed(
+            wall_a, rss_a, err_a = measured(
                 [exe, "analyze", str(src), *size_args, "--device", "cpu", "--device-map", "stream"]
             )
             print(
                 f"| skipprune analyze ({args.samples} x {args.seq_len} tokens, streamed) | {wall_a:.1f} | "
-                f"{wall_a / cp_wall:.2f}x | {rss_a / 2**20:.0f} |"
+                f"{wall_a / base:.2f}x | {rss_a / 2**20:.0f} |"
             )
             print("\n".join(line for line in err_a.splitlines() if "stream" in line or "GiB" in line))
             fp32 = 4 * sum(p.stat().st_size for p in src.glob("*.safetensors")) // 2
@@ -183,11 +210,11 @@ def main() -> None:
                     f"large_export.in_memory_forward(__import__('pathlib').Path({str(src)!r}), "
                     f"{args.samples}, {args.seq_len})"
                 )
-                wall_f, rss_f, err_f = timed([sys.executable, "-c", code])
+                wall_f, rss_f, err_f = measured([sys.executable, "-c", code])
                 forward = float(err_f.split("forward ")[-1].split()[0])
                 print(
                     f"| in-memory fp32 load + one forward over the same windows | {wall_f:.1f} | "
-                    f"{wall_f / cp_wall:.2f}x | {rss_f / 2**20:.0f} |"
+                    f"{wall_f / base:.2f}x | {rss_f / 2**20:.0f} |"
                 )
                 print(f"of which the forward alone: {forward:.1f} s; analyze / forward = {wall_a / forward:.2f}")
             else:

@@ -411,6 +411,11 @@ def encode(value: Any) -> Any:
     return value
 
 
+def decode(cls, data: Any, where: str):
+    """A record of class `cls` from its JSON data (`encode`'s inverse), checked field by field."""
+    return _decode_record(cls, data, where)
+
+
 def _decode_record(cls, data: Any, where: str):
     version = data.get("schema_version") if isinstance(data, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:

@@ -79,6 +79,28 @@ def set_threads(requested: int | None = None) -> str | None:
     return None
 
 
+class Clock:
+    """Wall time spent per phase of a command, for its closing log line (`with clock("copy"): ...`)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.spent: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent[phase] = self.spent.get(phase, 0.0) + time.perf_counter() - t
+
+    def summary(self) -> str:
+        total = time.perf_counter() - self.start
+        rest = total - sum(self.spent.values())
+        parts = [f"{name} {s:.1f}" for name, s in self.spent.items()] + [f"other {rest:.1f}"]
+        return f"{total:.1f} s: " + ", ".join(parts)
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file's or a folder's contents (a folder: its entries) to stable storage."""
     fd = os.open(path, os.O_RDONLY)

@@ -462,20 +462,29 @@ def _scores(results: Results | None, healed: bool = False) -> str:
 # -- writing -------------------------------------------------------------------------------------------------
 
 
-def write_card(folder: Path, record: ExportRecord, results: Results | None, name: str | None = None) -> Path:
-    """(Re)write README.md and layers.png of an export folder from its records (already loaded and checked)."""
-    from .diagram import write_layers_png
-
+def write_card(
+    folder: Path, record: ExportRecord, results: Results | None, name: str | None = None, drawn: bool = False
+) -> Path:
+    """(Re)write README.md and layers.png of an export folder from its records (already loaded and checked);
+    `drawn`: the figures are there already (drawn by `draw_figures` in another process)."""
     folder = Path(folder)
     name = name or folder.name
-    write_layers_png(record.plan, folder / LAYERS_PNG, name)
-    if record.search is not None:
-        from .searchplot import write_search_png
-
-        write_search_png(record.search, folder / SEARCH_PNG, name)
+    if not drawn:
+        draw_figures(folder, record.plan, record.search, name)
     path = folder / "README.md"
     write_text_durably(path, render_card(record, results, name, (folder / IMPORTANCE_PNG).is_file()))
     return path
+
+
+def draw_figures(folder: Path, plan: PrunePlan, search: PlanSearch | None, name: str) -> None:
+    """The card's figures that the export's records decide: layers.png, and search.png for a searched plan."""
+    from .diagram import write_layers_png
+
+    write_layers_png(plan, folder / LAYERS_PNG, name)
+    if search is not None:
+        from .searchplot import write_search_png
+
+        write_search_png(search, folder / SEARCH_PNG, name)
 
 
 def _trained_part(train: str) -> str:

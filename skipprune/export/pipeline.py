@@ -20,7 +20,9 @@ import os
 import shlex
 import shutil
 import signal
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,9 +33,9 @@ from ..cards.card import write_card
 from ..errors import OutputError, PlanError, translated
 from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.plan import PrunePlan, format_indices, parse_spec
-from ..records import ByteCounts, ExportRecord, PlanFile, SourceRef, Verification
-from ..system import Flusher, available_memory, fsync_path, fsync_tree, placement_options
-from . import anatomy, layout, nas, verify
+from ..records import ByteCounts, ExportRecord, NumericCheck, PlanFile, SourceRef, Verification, encode
+from ..system import Clock, Flusher, available_memory, fsync_path, fsync_tree, placement_options
+from . import anatomy, layout, nas, sidecar, verify
 from .remote import NAS_FILES, REMOTE_FILES
 from .source import TOKENIZER_FILES, Source, config_floats, open_source
 from .writer import parse_size, write_shards
@@ -88,6 +90,7 @@ def export(
     the arguments). `plan_file`: a plan file from `skipprune search`, instead of a plan or SPECs; how the plan
     was chosen goes into the records and the card.
     """
+    clock = Clock()
     if dtype not in DTYPES:
         raise PlanError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
     placement = placement_options(device_map, max_memory)
@@ -98,86 +101,165 @@ def export(
     adaptive = parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
     _check_output_parent(out)
-    searched = None
-    if plan_file is not None:
-        if plan is not None or drop_attn or drop_mlp or drop_blocks or drop_mixer or keep_last_layer:
-            raise PlanError("give either --plan FILE or --drop-attn/--drop-mixer/--drop-mlp/--drop-blocks, not both")
-        searched = PlanFile.load(Path(plan_file))
-    src = open_source(str(source), revision, check_config=anatomy.check_config)
-    _check_output(out, src.path, overwrite)
-    if searched is not None:
-        if why := searched.model.mismatch(src.config, src.label):
-            raise PlanError(f"{Path(plan_file).name}: {why}; run `skipprune search` on {src.label}")
-        plan = searched.plan
-    if plan is None:
-        plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer, drop_mixer)
-        specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer, drop_mixer)
-    elif plan.num_layers != src.num_layers:
-        raise PlanError(f"the plan is for {plan.num_layers} layers but the source has {src.num_layers}")
-    else:
-        specs = None
-    plan.validate(allow_empty=adaptive is not None)
-    family = anatomy.family_of(src.config, split=not plan.blocks_only or adaptive is not None)
-    family.check(plan)
-    specs = specs or _plan_specs(plan, family)
-    if drop_attn:
-        family.check_attention(parse_spec(drop_attn, src.num_layers, keep_last_layer) - plan.drop_mlp, src.num_layers)
-    if adaptive is not None and any(isinstance(family.at(i).mlp_returns, tuple) for i in range(plan.num_layers)):
-        raise PlanError(
-            f"{family.model_type}: adaptive FFN skipping skips one MLP module per block, and its blocks run several in "
-            "parallel (experts and a shared MLP); leave out --adaptive-ffn"
+    with contextlib.ExitStack() as helpers:
+        # Started first, so that their imports overlap the checks below; given their jobs once staging exists.
+        warm = _warm_sidecars(helpers, source, card, verify_numerics, device_map)
+        searched = None
+        if plan_file is not None:
+            if plan is not None or drop_attn or drop_mlp or drop_blocks or drop_mixer or keep_last_layer:
+                raise PlanError(
+                    "give either --plan FILE or --drop-attn/--drop-mixer/--drop-mlp/--drop-blocks, not both"
+                )
+            searched = PlanFile.load(Path(plan_file))
+        src = open_source(str(source), revision, check_config=anatomy.check_config)
+        _check_output(out, src.path, overwrite)
+        if searched is not None:
+            if why := searched.model.mismatch(src.config, src.label):
+                raise PlanError(f"{Path(plan_file).name}: {why}; run `skipprune search` on {src.label}")
+            plan = searched.plan
+        if plan is None:
+            plan = PrunePlan.from_specs(src.num_layers, drop_attn, drop_mlp, drop_blocks, keep_last_layer, drop_mixer)
+            specs = (drop_attn, drop_mlp, drop_blocks, keep_last_layer, drop_mixer)
+        elif plan.num_layers != src.num_layers:
+            raise PlanError(f"the plan is for {plan.num_layers} layers but the source has {src.num_layers}")
+        else:
+            specs = None
+        plan.validate(allow_empty=adaptive is not None)
+        family = anatomy.family_of(src.config, split=not plan.blocks_only or adaptive is not None)
+        family.check(plan)
+        specs = specs or _plan_specs(plan, family)
+        if drop_attn:
+            family.check_attention(
+                parse_spec(drop_attn, src.num_layers, keep_last_layer) - plan.drop_mlp, src.num_layers
+            )
+        if adaptive is not None and any(isinstance(family.at(i).mlp_returns, tuple) for i in range(plan.num_layers)):
+            raise PlanError(
+                f"{family.model_type}: adaptive FFN skipping skips one MLP module per block, and its blocks run "
+                "several in parallel (experts and a shared MLP); leave out --adaptive-ffn"
+            )
+        check_layers(adaptive, len(plan.layers))
+        if serving:
+            nas.check(src.config, plan, family, adaptive)
+        stock = plan.blocks_only and adaptive is None and not serving
+        ignored = verify.check_source(src, family)
+        source_config = layout.with_layer_types(src.config)
+        layout.check_renumbering(source_config, plan, family)
+        log.info(
+            "%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe(family.mixer_noun)
         )
-    check_layers(adaptive, len(plan.layers))
-    if serving:
-        nas.check(src.config, plan, family, adaptive)
-    stock = plan.blocks_only and adaptive is None and not serving
-    ignored = verify.check_source(src, family)
-    source_config = layout.with_layer_types(src.config)
-    layout.check_renumbering(source_config, plan, family)
-    log.info("%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe(family.mixer_noun))
-    if ignored:
-        log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
-    config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
-    zero_ffn = nas.zero_ffn_layers(plan) if serving else []
-    keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
-    # Where the stock class renames weights on load, skipprune's modeling file takes them under the loaded names.
-    rename = anatomy.model_names(src.config) if family.renamed and not stock and not serving else None
-    tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
-    tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
-    command = command or _command(src, out.name, specs, dtype, adaptive, format)
-    code = () if stock else NAS_FILES if serving else REMOTE_FILES
+        if ignored:
+            log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
+        config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
+        zero_ffn = nas.zero_ffn_layers(plan) if serving else []
+        keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
+        # Where the stock class renames weights on load, skipprune's modeling file takes them under the loaded names.
+        rename = anatomy.model_names(src.config) if family.renamed and not stock and not serving else None
+        tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
+        tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
+        command = command or _command(src, out.name, specs, dtype, adaptive, format)
+        code = () if stock else NAS_FILES if serving else REMOTE_FILES
 
-    with staging(out, overwrite) as tmp:
-        total = sum(t.nbytes for t in tensors)
-        with tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar:
-            write_shards(tmp, tensors, shard_bytes, bar.update)
-        flusher = Flusher(sorted(tmp.glob("*.safetensors")))  # written back while they are checked
-        with translated(OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"):
-            _write_side_files(tmp, src, config, code)
-        verification = _verify(tmp, src, plan, family, dtype, tensors, verify_numerics, rename is not None, placement)
-        record = ExportRecord(
-            source=SourceRef(src.label, src.revision, src.model_type),
-            plan=plan,
-            architecture="stock" if stock else format if serving else "skipprune",
-            format=format,
-            zero_ffn_layers=zero_ffn,
-            mixers=[family.at(i).mixer for i in range(src.num_layers)] if family.mixer_noun != "attention" else [],
-            bytes=ByteCounts(source=src.nbytes, output=total),
-            verification=verification,
-            dtype=dtype,
-            adaptive_ffn_skip=adaptive,
-            ignored_tensors=ignored,
-            command=command,
-            transformers_version=version("transformers"),
-            search=searched.search if searched else None,
-        )
-        with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
-            record.save(tmp)
-            if card:
-                write_card(tmp, record, None, name=out.name)
-        publish(tmp, out, overwrite, flusher)
-    log.info("wrote %s (%.1f MiB of %.1f MiB)", out, total / 2**20, src.nbytes / 2**20)
-    return ExportResult(out, record)
+        numerics = _numerics_mode(src, verify_numerics, placement)
+        with staging(out, overwrite) as tmp, contextlib.ExitStack() as helpers:
+            total = sum(t.nbytes for t in tensors)
+            clock.spent = {"source checks": time.perf_counter() - clock.start}
+            with translated(
+                OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
+            ):
+                _write_side_files(tmp, src, config, code)
+            # A large copy takes long enough to hide the start of a child process: the figures and the source's half
+            # of a streamed logit check run beside it.
+            overlap = src.nbytes >= sidecar.OVERLAP_BYTES
+
+            def child(task: str) -> sidecar.Sidecar:
+                return warm.pop(task, None) or helpers.enter_context(sidecar.Sidecar(task))
+
+            figures = logits = None
+            if overlap and card and not _drawing_is_cheap():
+                search = encode(searched.search) if searched else None
+                figures = child("figures")
+                figures.start({"folder": str(tmp), "plan": plan.to_dict(), "search": search, "name": out.name})
+            if src.nbytes >= sidecar.LOGITS_OVERLAP_BYTES and numerics == (True, None):
+                split = not plan.blocks_only or adaptive is not None
+                job = {"path": str(src.path), "id": src.id, "revision": src.revision, "plan": plan.to_dict()}
+                logits = child("logits")
+                logits.start({**job, "split": split, "dtype": dtype, "folder": str(tmp)})
+            for unused in warm.values():  # (the logits are compared in memory after all)
+                unused.close()
+            with (
+                clock("copy and byte check"),
+                tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar,
+            ):
+                compared = verify.ByteCheck()
+
+                def check(t, where) -> None:
+                    compared(t, where)
+                    if logits is not None:
+                        logits.send({"written": t.name})
+
+                try:
+                    write_shards(tmp, tensors, shard_bytes, bar.update, check)
+                finally:
+                    compared.close()
+            flusher = Flusher(sorted(tmp.glob("*.safetensors")))  # written back while they are checked
+            verification = _verify(
+                tmp, src, plan, family, dtype, tensors, numerics, rename is not None, clock, compared, logits
+            )
+            record = ExportRecord(
+                source=SourceRef(src.label, src.revision, src.model_type),
+                plan=plan,
+                architecture="stock" if stock else format if serving else "skipprune",
+                format=format,
+                zero_ffn_layers=zero_ffn,
+                mixers=[family.at(i).mixer for i in range(src.num_layers)] if family.mixer_noun != "attention" else [],
+                bytes=ByteCounts(source=src.nbytes, output=total),
+                verification=verification,
+                dtype=dtype,
+                adaptive_ffn_skip=adaptive,
+                ignored_tensors=ignored,
+                command=command,
+                transformers_version=version("transformers"),
+                search=searched.search if searched else None,
+            )
+            with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
+                record.save(tmp)
+                if card:
+                    with clock("card"):
+                        if figures is not None:
+                            figures.result()
+                        write_card(tmp, record, None, name=out.name, drawn=figures is not None)
+            with clock("flush"):
+                publish(tmp, out, overwrite, flusher)
+        log.info("wrote %s (%.1f MiB of %.1f MiB)", out, total / 2**20, src.nbytes / 2**20)
+        log.info("export took %s", clock.summary())
+        return ExportResult(out, record)
+
+
+def _warm_sidecars(helpers, source, card: bool, numerics: bool | None, device_map) -> dict[str, sidecar.Sidecar]:
+    """Children for a local source of at least OVERLAP_BYTES, started before anything is checked: they import
+    what they need while the export checks its source (see sidecar.py)."""
+    folder = Path(source).expanduser()
+    size = sum(f.stat().st_size for f in folder.glob("*.safetensors")) if folder.is_dir() else 0
+    tasks = ["figures"] if size >= sidecar.OVERLAP_BYTES and card and not _drawing_is_cheap() else []
+    if size >= sidecar.LOGITS_OVERLAP_BYTES and numerics is not False and device_map in (None, "stream"):
+        tasks.append("logits")
+    return {task: helpers.enter_context(sidecar.Sidecar(task)) for task in tasks}
+
+
+def _drawing_is_cheap() -> bool:
+    """Whether this process has imported matplotlib already (then the figures are drawn here)."""
+    return "matplotlib" in sys.modules
+
+
+def _numerics_mode(src: Source, numerics: bool | None, placement: tuple) -> tuple | None:
+    """How the logits will be compared: (streamed, dispatch), or None with --no-verify."""
+    if numerics is False:
+        return None
+    device_map, max_memory = placement
+    streamed = device_map == "stream" or (not device_map and not verify.fits_in_memory(src, available_memory()))
+    if streamed and not device_map:
+        log.info("comparing logits with weights streamed from disk (the models do not fit in memory together)")
+    return streamed, None if streamed or not device_map else (device_map, max_memory)
 
 
 def _verify(
@@ -187,12 +269,19 @@ def _verify(
     family,
     dtype: str,
     tensors,
-    numerics: bool | None,
+    numerics: tuple | None,
     model_naming: bool = False,
-    placement: tuple = (None, None),
+    clock: Clock | None = None,
+    compared: verify.ByteCheck | None = None,
+    logits: sidecar.Sidecar | None = None,
 ) -> Verification:
-    structure = verify.verify_structure(tmp, tensors)
-    verify.check_model_expects(tmp, tensors, model_naming)
+    """Structure, then logits (`numerics`: see _numerics_mode), the source's half of which `logits` may be
+    computing already."""
+    clock = clock or Clock()
+    with clock("structure check"):
+        structure = verify.verify_structure(tmp, tensors, compared=compared)
+    with clock("model check"):
+        verify.check_model_expects(tmp, tensors, model_naming)
     structure.model_expects_them = True
     kept = (
         f"kept tensors equal the source's converted to {structure.converted_to}"
@@ -200,14 +289,15 @@ def _verify(
         else ("kept bytes identical to the source")
     )
     log.info("structure verified: %d tensors as planned, expected by the model; %s", structure.tensors, kept)
-    if numerics is False:
+    if numerics is None:
         return Verification(structure, numerics_skipped="--no-verify")
-    device_map, max_memory = placement
-    streamed = device_map == "stream" or (not device_map and not verify.fits_in_memory(src, available_memory()))
-    if streamed and not device_map:
-        log.info("comparing logits with weights streamed from disk (the models do not fit in memory together)")
-    dispatch = None if streamed or not device_map else (device_map, max_memory)
-    check = verify.verify_numerics(tmp, src, plan, family, dtype, streamed=streamed, dispatch=dispatch)
+    streamed, dispatch = numerics
+    with clock("logit check"):
+        if logits is not None:
+            logits.send(True)
+            check = NumericCheck(**logits.result())
+        else:
+            check = verify.verify_numerics(tmp, src, plan, family, dtype, streamed=streamed, dispatch=dispatch)
     log.info("logits verified (%s): max |diff| %.3g vs the bypassed source", check.mode, check.max_abs_logit_diff)
     return Verification(structure, numerics=check)
 

@@ -87,9 +87,31 @@ def check_source(src: Source, family: Family) -> list[str]:
     return sorted(set(src.tensors) - set(shapes))
 
 
-def verify_structure(folder: Path, expected: list[OutTensor], changed: frozenset[str] = frozenset()) -> StructureCheck:
+class ByteCheck:
+    """Compares each tensor's written bytes with the source's as soon as it is written (`write_shards(check=)`),
+    while both are still in the page cache: the copy reads each source byte once for both. Keeps where it
+    found each tensor, for `verify_structure` to check against the shard headers."""
+
+    def __init__(self, changed: frozenset[str] = frozenset()):
+        self.changed, self.fds, self.seen = changed, {}, {}
+
+    def __call__(self, t: OutTensor, written) -> None:
+        if t.name not in self.changed and not _same_bytes(self.fds, written, t):
+            raise VerificationError(f"bytes of {t.name} differ from the source; the disk may be failing, export again")
+        self.seen[t.name] = (Path(written.file), written.start)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+def verify_structure(
+    folder: Path, expected: list[OutTensor], changed: frozenset[str] = frozenset(), compared: ByteCheck | None = None
+) -> StructureCheck:
     """The shards hold exactly the `expected` names, shapes and dtypes, and their bytes are the sources' (all but
-    the `changed` ones: weights a healing trained)."""
+    the `changed` ones: weights a healing trained); bytes already `compared` as they were written are not
+    read again, but must have been compared where the headers say they are."""
     written = index_tensors(folder)
     want = {t.name: t for t in expected}
     if set(written) != set(want):
@@ -98,31 +120,30 @@ def verify_structure(folder: Path, expected: list[OutTensor], changed: frozenset
     for name, info in written.items():
         if (info.dtype, info.shape) != (want[name].dtype, want[name].shape):
             raise VerificationError(f"tensor {name} was written as {info.dtype}{list(info.shape)}; {_REPORT}")
-    fds: dict[Path, int] = {}
+    check = compared or ByteCheck(changed)
     try:
         for name, info in sorted(written.items(), key=lambda kv: (kv[1].file, kv[1].start)):
-            if name in changed:
-                continue
-            t = want[name]
-            if t.source is None:
-                same = not _window(fds, info, 0, info.nbytes).any()
-            elif t.dtype != t.source.dtype:
-                same = _window(fds, info, 0, info.nbytes).tobytes() == convert_bytes(t)
-            else:
-                same = all(_same_chunk(fds, info, t.source, a) for a in range(0, info.nbytes, _CHUNK))
-            if not same:
-                raise VerificationError(
-                    f"bytes of {name} differ from the source; the disk may be failing, export again"
-                )
+            if compared is None:
+                check(want[name], info)
+            elif compared.seen.get(name) != (Path(info.file), info.start):
+                raise VerificationError(f"tensor {name} was not compared where the shard header puts it; {_REPORT}")
     finally:
-        for fd in fds.values():
-            os.close(fd)
+        check.close()
     converted = sorted({t.dtype for t in expected if t.source is not None and t.dtype != t.source.dtype})
     return StructureCheck(
         tensors=len(written),
         bytes_compared=sum(i.nbytes for n, i in written.items() if n not in changed),
         converted_to=_DTYPE_NAMES[converted[0]] if converted else None,
     )
+
+
+def _same_bytes(fds: dict, info, t: OutTensor) -> bool:
+    """Whether the tensor written at `info` holds `t`'s bytes: the source's, converted ones, or zeros."""
+    if t.source is None:
+        return not _window(fds, info, 0, info.nbytes).any()
+    if t.dtype != t.source.dtype:
+        return _window(fds, info, 0, info.nbytes).tobytes() == convert_bytes(t)
+    return all(_same_chunk(fds, info, t.source, a) for a in range(0, info.nbytes, _CHUNK))
 
 
 _DTYPE_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -185,67 +206,173 @@ def verify_numerics(
     when it runs, and compared in the checkpoint's dtype (or the converted one); memory stays near one block's
     weights. One batch of two rows: token-major is already layer-major here, every weight is read once.
     `dispatch` = (device_map, max_memory): both models placed by accelerate as asked (GPUs, CPU, disk), in the
-    checkpoint's dtype (or the converted one)."""
-    import tempfile
+    checkpoint's dtype (or the converted one). The two halves (`LogitCheck`) can also run apart, in a child
+    process while the shards are written (sidecar.py)."""
+    with LogitCheck(source, plan, family, dtype, streamed, tokens, dispatch) as check:
+        check.reference()
+        return check.against(folder)
 
-    import torch
-    from transformers import AutoModelForCausalLM
 
-    from ..prune.bypass import bypassed
+class LogitCheck:
+    """The bypassed source's logits (`reference()`), then an export's against them (`against(folder)`)."""
 
-    vocab = int(source.config.get("vocab_size") or source.config.get("text_config", {}).get("vocab_size"))
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (2, tokens), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, : tokens // 4] = 0  # left padding in the second row
-    real = mask.bool()
-    with tempfile.TemporaryDirectory(prefix="skipprune-offload-") as offload:
-        target = "auto" if dtype == "auto" else getattr(torch, dtype)
+    def __init__(self, source, plan, family, dtype="auto", streamed=False, tokens=16, dispatch=None):
+        import tempfile
 
-        def load(path: Path, own_code: bool) -> dict:
-            if dispatch:
-                return {
-                    "dtype": target,
-                    "device_map": dispatch[0],
-                    "max_memory": dispatch[1],
-                    "offload_folder": offload,
-                }
-            if not streamed:
-                return {"dtype": torch.float32}
-            return {"dtype": target, "device_map": streaming_map(path, own_code), "offload_folder": offload}
+        import torch
 
+        self.source, self.plan, self.family, self.dtype = source, plan, family, dtype
+        self.streamed, self.dispatch = streamed, dispatch
+        config = source.config
+        vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
+        self.ids = torch.randint(0, vocab, (2, tokens), generator=torch.Generator().manual_seed(0))
+        self.mask = torch.ones_like(self.ids)
+        self.mask[1, : tokens // 4] = 0  # left padding in the second row
+        self.want = None
+        self.folder = tempfile.TemporaryDirectory(prefix="skipprune-offload-")  # where accelerate may offload
+
+    def __enter__(self) -> LogitCheck:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.folder.cleanup()
+
+    def _load(self, path: Path, own_code: bool, offload: str) -> dict:
+        import torch
+
+        target = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
+        if self.dispatch:
+            return {
+                "dtype": target,
+                "device_map": self.dispatch[0],
+                "max_memory": self.dispatch[1],
+                "offload_folder": offload,
+            }
+        if not self.streamed:
+            return {"dtype": torch.float32}
+        return {"dtype": target, "device_map": streaming_map(path, own_code), "offload_folder": offload}
+
+    def _offload(self, name: str) -> str:
+        folder = Path(self.folder.name) / name
+        folder.mkdir(exist_ok=True)
+        return str(folder)
+
+    def reference(self) -> None:
+        self.run_reference(self.load_reference())
+
+    def load_reference(self):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        path = self.source.path
         with translated(
             VerificationError, "loading the source for the logit check", f"rerun with --no-verify; {_REPORT}"
         ):
-            reference = AutoModelForCausalLM.from_pretrained(source.path, **load(source.path, False))
-        if dtype != "auto" and not streamed and not dispatch:
+            model = AutoModelForCausalLM.from_pretrained(path, **self._load(path, False, self._offload("source")))
+        if self.dtype != "auto" and not self.streamed and not self.dispatch:
             with torch.no_grad():
-                for p in reference.parameters():
-                    p.copy_(p.to(getattr(torch, dtype)))
-        with torch.no_grad(), bypassed(reference, plan, family), block_progress(family.layers(reference), "source"):
-            want = reference(input_ids=ids, attention_mask=mask).logits.float()
-        del reference
-        if not torch.isfinite(want[real]).all():
-            _blame_source_values(source)
-        with translated(VerificationError, "loading the export for the logit check", _REPORT):
-            exported, loading = AutoModelForCausalLM.from_pretrained(
-                folder, trust_remote_code=True, output_loading_info=True, **load(folder, True)
+                for p in model.parameters():
+                    p.copy_(p.to(getattr(torch, self.dtype)))
+        return model
+
+    def run_reference(self, model) -> None:
+        import torch
+
+        from ..prune.bypass import bypassed
+
+        family = self.family
+        with torch.no_grad(), bypassed(model, self.plan, family), block_progress(family.layers(model), "source"):
+            self.want = model(input_ids=self.ids, attention_mask=self.mask).logits.float()
+        if not torch.isfinite(self.want[self.mask.bool()]).all():
+            _blame_source_values(self.source)
+
+    def against(self, folder: Path) -> NumericCheck:
+        return self.compare(self.run_export(self.load_export(folder)))
+
+    def load_export(self, folder: Path, wait=None):
+        """The export as loaded for the check. With `wait(name)` (streamed only), loadable while its shards are
+        still being written: each weight is read once `wait` returns for it (the tensor's name in the shards);
+        `wait(None)` means "all of them"."""
+        from transformers import AutoModelForCausalLM
+
+        def load():
+            with translated(VerificationError, "loading the export for the logit check", _REPORT):
+                model, loading = AutoModelForCausalLM.from_pretrained(
+                    folder, trust_remote_code=True, output_loading_info=True, **self._load(folder, True, offload)
+                )
+            if loading["missing_keys"]:
+                missing = sorted(loading["missing_keys"])
+                raise VerificationError(f"the export lacks {missing[:3]}, which its model needs; {_REPORT}")
+            return model
+
+        offload = self._offload("export")
+        model = load()
+        if wait is not None and not _read_when_written(model, wait):
+            del model  # the load itself read weights (converted on load, or not offloaded): read them again
+            wait(None)
+            model = load()
+        return model
+
+    def run_export(self, model):
+        import torch
+
+        with torch.no_grad(), block_progress(self.family.layers(model), "export"):
+            return model(input_ids=self.ids, attention_mask=self.mask).logits
+
+    def compare(self, out) -> NumericCheck:
+        real = self.mask.bool()
+        diff = (out.float() - self.want)[real].abs().max().item()
+        if not diff <= 1e-5:
+            raise VerificationError(
+                f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); {_REPORT}"
             )
-        if loading["missing_keys"]:
-            missing = sorted(loading["missing_keys"])
-            raise VerificationError(f"the export lacks {missing[:3]}, which its model needs; {_REPORT}")
-        with torch.no_grad(), block_progress(family.layers(exported), "export"):
-            out = exported(input_ids=ids, attention_mask=mask).logits
-        del exported
-    computed_in = str(out.dtype).replace("torch.", "")
-    diff = (out.float() - want)[real].abs().max().item()
-    if not diff <= 1e-5:
-        raise VerificationError(f"exported logits differ from the bypassed source by {diff:.3g} (> 1e-5); {_REPORT}")
-    if dispatch:
-        mode = f"dispatched by accelerate ({dispatch[0]})"
-    else:
-        mode = "streamed from disk by accelerate" if streamed else "in memory"
-    return NumericCheck(max_abs_logit_diff=diff, tokens=int(real.sum()), dtype=computed_in, mode=mode)
+        if self.dispatch:
+            mode = f"dispatched by accelerate ({self.dispatch[0]})"
+        else:
+            mode = "streamed from disk by accelerate" if self.streamed else "in memory"
+        computed_in = str(out.dtype).replace("torch.", "")
+        return NumericCheck(max_abs_logit_diff=diff, tokens=int(real.sum()), dtype=computed_in, mode=mode)
+
+
+def _read_when_written(model, wait) -> bool:
+    """Make every weight accelerate reads from disk for `model` wait until `wait(name)` says it is written. False
+    when that cannot hold: a weight was already read at load (held in memory, or resaved to the offload folder
+    after a conversion)."""
+    from collections.abc import Mapping
+
+    if any(t.device.type != "meta" for t in model.state_dict().values()):
+        return False
+
+    class Waiting(Mapping):
+        def __init__(self, loader):
+            self.loader = loader
+
+        def __getitem__(self, key):
+            info = self.loader.index.get(key)
+            if info is not None:
+                wait(info.get("weight_name", key))
+            return self.loader[key]
+
+        def __iter__(self):
+            return iter(self.loader)
+
+        def __len__(self):
+            return len(self.loader)
+
+    wrapped: dict[int, Waiting] = {}
+    for module in model.modules():
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", None) or ([hook] if hook is not None else []):
+            prefixed = getattr(h, "weights_map", None)
+            loader = getattr(prefixed, "dataset", None)
+            if loader is None or isinstance(loader, Waiting):
+                continue
+            if not hasattr(loader, "index") or loader.state_dict:
+                return False
+            if any("safetensors_file" not in info for info in loader.index.values()):
+                return False
+            prefixed.dataset = wrapped.setdefault(id(loader), Waiting(loader))
+    return bool(wrapped)
 
 
 def _blame_source_values(source: Source) -> None:

@@ -95,27 +95,29 @@ def shard_names(count: int) -> list[str]:
     return [f"model-{i:05d}-of-{count:05d}.safetensors" for i in range(1, count + 1)]
 
 
-def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int, progress=None) -> dict[str, str]:
+def write_shards(folder: Path, tensors: list[OutTensor], max_bytes: int, progress=None, check=None) -> dict[str, str]:
     """Write all shards (and the index when there are several); returns the weight map name -> file.
-    `progress(nbytes)` is called after each tensor."""
+    Every shard's header and the index come first, with each file at its full size, so that the export can be
+    opened (its weights read lazily) while its data is being written. `progress(nbytes)` is called after each
+    tensor, and `check(tensor, where)` (`where`: a TensorInfo of the written copy) before it."""
     shards = split_shards(tensors, max_bytes)
     names = shard_names(len(shards))
-    weight_map: dict[str, str] = {}
+    weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
     fds: dict[Path, int] = {}
     try:
         with translated(OutputError, f"writing shards into {folder.parent}", "check that the location is writable"):
-            for name, shard in zip(names, shards):
-                _write_one(folder / name, shard, fds, progress)
-                weight_map.update({t.name: name for t in shard})
+            starts = [_create(folder / name, shard) for name, shard in zip(names, shards)]
+            if len(shards) > 1:
+                index = {
+                    "metadata": {"total_size": sum(t.nbytes for t in tensors)},
+                    "weight_map": dict(sorted(weight_map.items())),
+                }
+                (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            for name, shard, start in zip(names, shards, starts):
+                _fill(folder / name, shard, start, fds, progress, check)
     finally:
         for fd in fds.values():
             os.close(fd)
-    if len(shards) > 1:
-        index = {
-            "metadata": {"total_size": sum(t.nbytes for t in tensors)},
-            "weight_map": dict(sorted(weight_map.items())),
-        }
-        (folder / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return weight_map
 
 
@@ -130,26 +132,35 @@ def header_bytes(tensors: list[OutTensor]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _write_one(path: Path, tensors: list[OutTensor], fds: dict[Path, int], progress=None) -> None:
+def _create(path: Path, tensors: list[OutTensor]) -> int:
+    """A shard with its header, at its full size (the data still zeros, not allocated); returns where its
+    data starts."""
     head = header_bytes(tensors)
     with open(path, "wb") as out:
         out.write(head)
-        out.flush()
-        dst = out.fileno()
-        pos = len(head)
+        out.truncate(len(head) + sum(t.nbytes for t in tensors))
+    return len(head)
+
+
+def _fill(path: Path, tensors: list[OutTensor], pos: int, fds: dict[Path, int], progress=None, check=None) -> None:
+    dst = os.open(path, os.O_WRONLY)
+    try:
         for t in tensors:
             if t.source is None:
-                pass  # the final ftruncate fills the gap with zeros
+                pass  # zeros already: the file was created at its full size
             elif t.dtype == t.source.dtype:
                 if t.source.file not in fds:
                     fds[t.source.file] = os.open(t.source.file, os.O_RDONLY)
                 _copy_range(fds[t.source.file], t.source.start, dst, pos, t.nbytes)
             else:
                 os.pwrite(dst, convert_bytes(t), pos)
+            if check:
+                check(t, TensorInfo(t.name, path, t.dtype, t.shape, pos, pos + t.nbytes))
             pos += t.nbytes
             if progress:
                 progress(t.nbytes)
-        os.ftruncate(dst, pos)
+    finally:
+        os.close(dst)
 
 
 def _copy_range(src: int, src_pos: int, dst: int, dst_pos: int, count: int) -> None:
