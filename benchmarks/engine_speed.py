@@ -4,11 +4,12 @@
 
 MODEL: `smollm2` (the real SmolLM2-135M-Instruct, see benchmarks/real_model.py), `demo` (the bundled demo
 model; the default is both), or any local folder or Hub id of a Llama-shaped model. Each is exported three
-ways and every export converted by `skipprune gguf` (llama.cpp's own converter):
+or four ways and every export converted by `skipprune gguf` (llama.cpp's own converter):
 
 - source: the unpruned model (converted as it is);
-- attention 33 %: the plan `skipprune search --budget attn:33%` found (benchmarks/search/<model>-attn-33-
-  default.json where it exists, else the attention of the last third of the layers), as `--format nemotron-nas`;
+- attention, last 33 %: the attention of the last third of the layers (the seed paper's recipe), and attention
+  33 % (searched): the plan `skipprune search --budget attn:33%` found (benchmarks/search/<model>-attn-33-
+  default.json, where it exists), both as `--format nemotron-nas`;
 - blocks 33 %: the last third of the blocks (the stock architecture).
 
 Each export is first checked against transformers on real text (`agreement`: tokens, next-token argmax and
@@ -51,12 +52,11 @@ def resolve(model: str) -> Path:
 def plans(source: Path, n: int) -> dict[str, dict]:
     third = max(1, round(n / 3))
     searched = Path(__file__).parent / "search" / f"{source.name}-attn-33-default.json"
-    attention = {"plan_file": searched} if searched.is_file() else {"drop_attn": f"last:{third}"}
-    return {
-        "source": {},
-        "attention 33 %": {**attention, "format": "nemotron-nas"},
-        "blocks 33 %": {"drop_blocks": f"last:{third}"},
-    }
+    rows = {"source": {}, "attention, last 33 %": {"drop_attn": f"last:{third}", "format": "nemotron-nas"}}
+    if searched.is_file():
+        rows["attention 33 % (searched)"] = {"plan_file": searched, "format": "nemotron-nas"}
+    rows["blocks 33 %"] = {"drop_blocks": f"last:{third}"}
+    return rows
 
 
 @contextlib.contextmanager
@@ -202,7 +202,9 @@ def run_model(model: str, repeats: int, threads: int, outtype: str) -> dict:
         for name, options in plans(source, n).items():
             folder = source
             if options:
-                folder = tmp / name.replace(" ", "-").replace("%", "pct")
+                folder = tmp / "-".join(
+                    name.replace("%", "pct").replace(",", "").replace("(", "").replace(")", "").split()
+                )
                 result = skipprune.export(source, folder, **options, card=False)
                 plan = result.record.plan
             else:

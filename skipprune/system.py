@@ -94,6 +94,10 @@ class Clock:
         finally:
             self.spent[phase] = self.spent.get(phase, 0.0) + time.perf_counter() - t
 
+    def lap(self, phase: str) -> None:
+        """Everything since the start not counted yet goes to `phase`."""
+        self.spent[phase] = time.perf_counter() - self.start - sum(self.spent.values())
+
     def summary(self) -> str:
         total = time.perf_counter() - self.start
         rest = total - sum(self.spent.values())

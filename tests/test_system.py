@@ -93,3 +93,29 @@ def test_loading_bars_wait_two_seconds(monkeypatch, tmp_path):
         if not active:
             hf_logging.disable_progress_bar()
         torch.set_num_threads(threads)
+
+
+def test_the_clock_splits_wall_time_into_phases(monkeypatch):
+    now = iter([0.0, 2.0, 5.0, 6.0, 7.0, 11.0, 12.0])
+    monkeypatch.setattr(system.time, "perf_counter", lambda: next(now))
+    clock = system.Clock()  # 0
+    clock.lap("checks")  # 2: checks 2
+    with clock("copy"):  # 5..6
+        pass
+    with clock("copy"):  # 7..11
+        pass
+    assert clock.spent == {"checks": 2.0, "copy": 5.0}
+    assert clock.summary() == "12.0 s: checks 2.0, copy 5.0, other 5.0"
+
+
+def test_an_export_says_where_its_time_went(tmp_path, caplog):
+    import logging
+
+    import skipprune
+    from skipprune.demo import DEMO_MODEL
+
+    with caplog.at_level(logging.INFO, logger="skipprune"):
+        skipprune.export(DEMO_MODEL, tmp_path / "out", drop_attn="last:2")
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("export took"))
+    phases = [part.rsplit(" ", 1)[0] for part in line.split(": ", 1)[1].split(", ")]
+    assert phases[:2] == ["source checks", "copy and byte check"] and "logit check" in phases and "flush" in phases

@@ -6,7 +6,8 @@ source's config against its shards, the plan. Then the folder is assembled in a 
 renamed into place. So OUTPUT either does not exist or is complete, after a kill or a power loss too. A
 killed run leaves only the hidden partial folder (or, mid-swap with --overwrite, the previous OUTPUT set
 aside), which the next export to the same OUTPUT removes; SIGTERM and Ctrl-C clean up at once. A lock file
-keeps two exports from writing the same OUTPUT at once.
+keeps two exports from writing the same OUTPUT at once. A large export checks beside its copy: kept bytes as
+they are written, and its logits and figures in child processes (sidecar.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -160,9 +160,10 @@ def export(
         code = () if stock else NAS_FILES if serving else REMOTE_FILES
 
         numerics = _numerics_mode(src, verify_numerics, placement)
-        with staging(out, overwrite) as tmp, contextlib.ExitStack() as helpers:
+        # (helpers again: the children are stopped before a failed export's partial folder is removed)
+        with staging(out, overwrite) as tmp, helpers:
             total = sum(t.nbytes for t in tensors)
-            clock.spent = {"source checks": time.perf_counter() - clock.start}
+            clock.lap("source checks")
             with translated(
                 OutputError, f"writing {out.name}'s config and tokenizer files", "check the output location"
             ):

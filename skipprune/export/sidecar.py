@@ -48,6 +48,9 @@ class Sidecar:
 
     def __init__(self, task: str):
         env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+        # This skipprune, wherever it was imported from (an installed copy elsewhere would answer otherwise).
+        here = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
         self.task = task
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import sys; from skipprune.export.sidecar import main; main(sys.argv[1])", task],
