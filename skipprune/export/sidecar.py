@@ -1,13 +1,15 @@
 """Work an export hands to a child process, to run while it copies the shards of a large model.
 
-- `logits`: the logit check's first half, the bypassed source's logits, read from the source's shards while the
-  copy reads them too (one read from disk for both); then, once the parent says the shards are written and
-  checked, the export's logits against them (verify.LogitCheck).
+- `logits`: the streamed logit check (verify.LogitCheck), both forwards side by side with the copy: the bypassed
+  source's at once (reading the source as the copy does), the export's with each weight read as soon as the
+  export has written and compared it (the parent names each tensor as it goes); the comparison is answered once
+  the parent's own checks have passed.
 - `figures`: the model card's figures, so that importing matplotlib costs no wall time.
 
-A child process, not a thread: a thread busy in torch can hold the interpreter at exit (seen under SIGTERM), a
-child is killed on every way out of the export, and with its parent if that is killed outright (Linux's
-PR_SET_PDEATHSIG). Messages are JSON lines: the job on the child's stdin, then its answer on stdout; a
+Each child starts before its job is known and imports what its task needs meanwhile (`Sidecar(task)`, then
+`start(job)`). A child process, not a thread: a thread busy in torch can hold the interpreter at exit (seen
+under SIGTERM), a child is killed on every way out of the export, and with its parent if that is killed
+outright (Linux's PR_SET_PDEATHSIG). Messages are JSON lines: the job on the child's stdin, then its answer on stdout; a
 skipprune error in the child comes back as the same one-line error.
 """
 
@@ -44,7 +46,7 @@ def _die_with_parent() -> None:
 
 
 class Sidecar:
-    """One task in a child process: `send()` a message to it, `result()` waits for its answer."""
+    """One task in a child process: `start(job)`, `send()` messages to it, `result()` waits for its answer."""
 
     def __init__(self, task: str):
         env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
