@@ -185,7 +185,7 @@ class _Versioned:
     def from_dict(cls, data: Any, where: str | None = None):
         if isinstance(data, dict) and data.get("schema_version", 1) == 1:
             data = {**cls._upgrade_v1(data), "schema_version": SCHEMA_VERSION}
-        return _decode_record(cls, data, where or cls.FILE)
+        return decode(cls, data, where or cls.FILE)
 
 
 @dataclass
@@ -413,10 +413,6 @@ def encode(value: Any) -> Any:
 
 def decode(cls, data: Any, where: str):
     """A record of class `cls` from its JSON data (`encode`'s inverse), checked field by field."""
-    return _decode_record(cls, data, where)
-
-
-def _decode_record(cls, data: Any, where: str):
     version = data.get("schema_version") if isinstance(data, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise RecordError(

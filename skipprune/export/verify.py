@@ -128,7 +128,8 @@ def verify_structure(
             elif compared.seen.get(name) != (Path(info.file), info.start):
                 raise VerificationError(f"tensor {name} was not compared where the shard header puts it; {_REPORT}")
     finally:
-        check.close()
+        if compared is None:
+            check.close()
     converted = sorted({t.dtype for t in expected if t.source is not None and t.dtype != t.source.dtype})
     return StructureCheck(
         tensors=len(written),
