@@ -5,10 +5,11 @@ twice in memory.
                                       [--analyze [--samples 32 --seq-len 256]]
 
 Writes a random bf16 checkpoint of Llama-2-7B's shape (hidden 4096, MLP 11008, 32 heads, vocab 32000; 13.5 GB
-at 32 layers, in 5 GB shards) into a temporary folder, then times `cp -r` of it and the default
-`skipprune export SOURCE OUT --drop-attn SPEC` (source check, structure and bytes, model check, and the logit
-check, which streams both models' weights from disk at this size), reporting wall time and peak RSS (from
-wait4), and deletes everything unless --keep. Run it at 16 and 32 layers to see whether the peak grows with
+at 32 layers, in 5 GB shards) into a temporary folder, then times `cp -r` of it (plain, and followed by `sync`
+of the copied files: a durable copy, as the export's is) and the default `skipprune export SOURCE OUT
+--drop-attn SPEC` (source check, structure and bytes, model check, and the logit check, which streams both
+models' weights from disk at this size), reporting wall time and peak memory (benchmarks/timing.py), and
+deletes everything unless --keep. Run it at 16 and 32 layers to see whether the peak grows with
 depth. With --analyze, also `skipprune analyze SOURCE --samples N --seq-len T --device cpu --device-map
 stream` (blocks streamed from disk and run one at a time over all windows: what analyze does by itself when
 the fp32 model does not fit, as at 32 layers) and, where the fp32 model fits in memory, one plain in-memory
@@ -142,6 +143,8 @@ def main() -> None:
         size = sum(p.stat().st_size for p in src.iterdir())
         cmds = {
             "cp -r": ["cp", "-r", str(src), str(copy)],
+            # A durable copy, for comparison with the export, which fsyncs every file and the folder before publishing.
+            "cp -r, then sync of its files": ["sh", "-c", f"cp -r '{src}' '{copy}' && sync '{copy}'/* '{copy}'"],
             "skipprune export --no-verify": [
                 exe,
                 "export",

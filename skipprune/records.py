@@ -223,8 +223,9 @@ class ExportRecord(_Versioned):
             verification["numerics_skipped"] = verification.pop("numerics")
         return {**data, "verification": verification}
 
-    def save(self, folder: Path) -> Path:
-        return _save(Path(folder) / RECORD_FILE, self.to_dict())
+    def save(self, folder: Path, flush: bool = True) -> Path:
+        """`flush=False` into a staging folder that `publish` flushes (see write_text_durably)."""
+        return _save(Path(folder) / RECORD_FILE, self.to_dict(), flush)
 
     @classmethod
     def load(cls, folder: Path) -> ExportRecord:
@@ -504,6 +505,6 @@ def _read(path: Path, fix: str) -> Any:
         raise RecordError(f"{path}: unreadable ({str(e).splitlines()[0] or type(e).__name__}); {fix}") from None
 
 
-def _save(path: Path, data: dict) -> Path:
-    write_text_durably(path, json.dumps(data, indent=2) + "\n")
+def _save(path: Path, data: dict, flush: bool = True) -> Path:
+    write_text_durably(path, json.dumps(data, indent=2) + "\n", flush)
     return path

@@ -147,20 +147,23 @@ class Flusher:
             raise self.error
 
 
-def write_text_durably(path: Path, text: str) -> None:
+def write_text_durably(path: Path, text: str, flush: bool = True) -> None:
     """Write `text` next to `path`, flush it, and rename it into place: a crash leaves the old or the new file,
-    never a truncated one."""
+    never a truncated one. `flush=False` in a folder that is flushed as a whole before anyone can see it (an
+    export's staging folder): there an fsync of each small file waits behind the shards' write-back for nothing."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if flush:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_path(path.parent)
+    if flush:
+        fsync_path(path.parent)
 
 
 @contextmanager

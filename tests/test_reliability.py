@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -223,6 +224,61 @@ def test_a_write_back_failure_of_a_shard_fails_the_export(src, tmp_path, monkeyp
     res = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o"), "--drop-attn", "1"])
     errors = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "flushing o to disk failed (Input/output error)" in errors[0]
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.skipprune-*"))
+
+
+def test_every_file_is_flushed_once_before_the_export_appears(src, tmp_path, monkeypatch):
+    """The staging folder is flushed as a whole before its rename, so the small files (records, card) are not
+    flushed one by one as they are written: that fsync waited behind the shards' write-back."""
+    system = importlib.import_module("skipprune.system")
+    pipeline = importlib.import_module("skipprune.export.pipeline")
+    real_fsync, real_publish = os.fsync, pipeline._publish
+    flushed, calls, published = [], [], []
+
+    def fsync_path(path):
+        flushed.append(Path(path).name)
+        real_fsync_path(path)
+
+    def publish(tmp, out, overwrite):
+        published.append(list(flushed))
+        real_publish(tmp, out, overwrite)
+
+    real_fsync_path = system.fsync_path
+    monkeypatch.setattr(system, "fsync_path", fsync_path)
+    monkeypatch.setattr(pipeline, "fsync_path", fsync_path)  # (its own name for it: the folder above, last)
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(pipeline, "_publish", publish)
+    res = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o"), "--drop-attn", "1"])
+    assert res.exit_code == 0, res.output
+    files = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert {"skipprune.json", "README.md", "config.json"} <= set(files)
+    assert set(files) <= set(published[0]), "a file was published before it was flushed"
+    assert len(calls) == len(flushed), "something was flushed outside the flush of the whole folder"
+
+
+@pytest.mark.parametrize("which", [2, -1])  # a tensor in the middle (found while copying), and the last one
+def test_a_byte_written_wrong_fails_the_export(src, tmp_path, monkeypatch, which):
+    """The bytes are compared behind the copy, in a thread: a difference still fails the export, in one line,
+    whether the copy is still going when it is found or has ended."""
+    writer = importlib.import_module("skipprune.export.writer")
+
+    def fill(path, tensors, pos, fds, progress=None, check=None):
+        def corrupting(t, where):
+            if t is tensors[which]:
+                with open(where.file, "r+b") as f:
+                    f.seek(where.start)
+                    byte = f.read(1)[0]
+                    f.seek(where.start)
+                    f.write(bytes([byte ^ 1]))
+            check(t, where)
+
+        real_fill(path, tensors, pos, fds, progress, corrupting)
+
+    real_fill = writer._fill
+    monkeypatch.setattr(writer, "_fill", fill)
+    res = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o"), "--drop-attn", "1", "--no-verify"])
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "differ from the source" in errors[0], res.output
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.skipprune-*"))
 
 

@@ -463,16 +463,22 @@ def _scores(results: Results | None, healed: bool = False) -> str:
 
 
 def write_card(
-    folder: Path, record: ExportRecord, results: Results | None, name: str | None = None, drawn: bool = False
+    folder: Path,
+    record: ExportRecord,
+    results: Results | None,
+    name: str | None = None,
+    drawn: bool = False,
+    flush: bool = True,
 ) -> Path:
     """(Re)write README.md and layers.png of an export folder from its records (already loaded and checked);
-    `drawn`: the figures are there already (drawn by `draw_figures` in another process)."""
+    `drawn`: the figures are there already (drawn by `draw_figures` in another process); `flush=False` in a
+    staging folder (see write_text_durably)."""
     folder = Path(folder)
     name = name or folder.name
     if not drawn:
         draw_figures(folder, record.plan, record.search, name)
     path = folder / "README.md"
-    write_text_durably(path, render_card(record, results, name, (folder / IMPORTANCE_PNG).is_file()))
+    write_text_durably(path, render_card(record, results, name, (folder / IMPORTANCE_PNG).is_file()), flush)
     return path
 
 

@@ -191,7 +191,7 @@ def export(
                 clock("copy and byte check"),
                 tqdm(total=total, unit="B", unit_scale=True, desc="writing shards", disable=None, leave=False) as bar,
             ):
-                compared = verify.ByteCheck()
+                compared = verify.ByteCheck(behind=True)
 
                 def check(t, where) -> None:
                     compared(t, where)
@@ -200,6 +200,7 @@ def export(
 
                 try:
                     write_shards(tmp, tensors, shard_bytes, bar.update, check)
+                    compared.finish()
                 finally:
                     compared.close()
             flusher = Flusher(sorted(tmp.glob("*.safetensors")))  # written back while they are checked
@@ -223,12 +224,13 @@ def export(
                 search=searched.search if searched else None,
             )
             with translated(OutputError, f"writing {out.name}'s records and card", "check the output location"):
-                record.save(tmp)
+                # (publish flushes the whole folder)
+                record.save(tmp, flush=False)
                 if card:
                     with clock("card"):
                         if figures is not None:
                             figures.result()
-                        write_card(tmp, record, None, name=out.name, drawn=figures is not None)
+                        write_card(tmp, record, None, name=out.name, drawn=figures is not None, flush=False)
             with clock("flush"):
                 publish(tmp, out, overwrite, flusher)
         log.info("wrote %s (%.1f MiB of %.1f MiB)", out, total / 2**20, src.nbytes / 2**20)

@@ -90,20 +90,69 @@ def check_source(src: Source, family: Family) -> list[str]:
 class ByteCheck:
     """Compares each tensor's written bytes with the source's as soon as it is written (`write_shards(check=)`),
     while both are still in the page cache: the copy reads each source byte once for both. Keeps where it
-    found each tensor, for `verify_structure` to check against the shard headers."""
+    found each tensor, for `verify_structure` to check against the shard headers.
 
-    def __init__(self, changed: frozenset[str] = frozenset()):
+    `behind=True`: the comparisons run in a thread at most `_LAG` tensors behind the copy, which meanwhile
+    mostly waits for the disk to take its writes (a 7B export: 2.5 s of comparing hidden under 10 s of
+    copying); a difference is raised by the next call, or by `finish()`, which waits for the last ones."""
+
+    def __init__(self, changed: frozenset[str] = frozenset(), behind: bool = False):
         self.changed, self.fds, self.seen = changed, {}, {}
+        self.error: BaseException | None = None
+        self.closed = False
+        self.queue = self.thread = None
+        if behind:
+            import queue
+            import threading
+
+            self.queue = queue.Queue(maxsize=_LAG)
+            self.thread = threading.Thread(target=self._behind, daemon=True, name="skipprune-byte-check")
+            self.thread.start()
 
     def __call__(self, t: OutTensor, written) -> None:
+        if self.queue is None:
+            self._compare(t, written)
+            return
+        self._raise()
+        self.queue.put((t, written))
+
+    def _compare(self, t: OutTensor, written) -> None:
         if t.name not in self.changed and not _same_bytes(self.fds, written, t):
             raise VerificationError(f"bytes of {t.name} differ from the source; the disk may be failing, export again")
         self.seen[t.name] = (Path(written.file), written.start)
 
+    def _behind(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None and not self.closed:  # after a difference or close(): drained unread
+                try:
+                    self._compare(*item)
+                except BaseException as e:  # raised in the copying thread
+                    self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Wait for the comparisons still queued; raise a difference found."""
+        self._stop()
+        self._raise()
+
+    def _stop(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+
     def close(self) -> None:
+        """Stop comparing (what is queued is dropped) and close the files; raises nothing."""
+        self.closed = True
+        self._stop()
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
+
+
+_LAG = 4  # tensors the comparisons may fall behind the copy: their bytes are still in the page cache
 
 
 def verify_structure(

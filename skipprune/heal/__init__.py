@@ -293,8 +293,8 @@ def _write(
             numerics_skipped="healed: its weights were trained, so its logits differ from the bypassed source's",
         )
         healed = dataclasses.replace(record, healing=healing, verification=verification)
-        healed.save(tmp)
-        write_card(tmp, healed, None, name=out.name)
+        healed.save(tmp, flush=False)  # (publish flushes the whole folder)
+        write_card(tmp, healed, None, name=out.name, flush=False)
         pipeline.publish(tmp, out, overwrite)
     return healed
 
