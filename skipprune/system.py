@@ -114,10 +114,10 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def fsync_tree(folder: Path) -> None:
-    """Flush every file in `folder` (not recursive), then the folder itself."""
+def fsync_tree(folder: Path, flushed: tuple[Path, ...] = ()) -> None:
+    """Flush every file in `folder` (not recursive) but those `flushed` already, then the folder itself."""
     for p in folder.iterdir():
-        if p.is_file():
+        if p.is_file() and p not in flushed:
             fsync_path(p)
     fsync_path(folder)
 
@@ -131,10 +131,11 @@ class Flusher:
         import threading
 
         self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(paths,), daemon=True)
+        self.paths = tuple(paths)
+        self.thread = threading.Thread(target=self._run, args=(self.paths,), daemon=True)
         self.thread.start()
 
-    def _run(self, paths: list[Path]) -> None:
+    def _run(self, paths: tuple[Path, ...]) -> None:
         try:
             for p in paths:
                 fsync_path(p)

@@ -232,7 +232,7 @@ def test_every_file_is_flushed_once_before_the_export_appears(src, tmp_path, mon
     flushed one by one as they are written: that fsync waited behind the shards' write-back."""
     system = importlib.import_module("skipprune.system")
     pipeline = importlib.import_module("skipprune.export.pipeline")
-    real_fsync, real_publish = os.fsync, pipeline._publish
+    real_fsync, real_fsync_path, real_publish = os.fsync, system.fsync_path, pipeline._publish
     flushed, calls, published = [], [], []
 
     def fsync_path(path):
@@ -243,7 +243,6 @@ def test_every_file_is_flushed_once_before_the_export_appears(src, tmp_path, mon
         published.append(list(flushed))
         real_publish(tmp, out, overwrite)
 
-    real_fsync_path = system.fsync_path
     monkeypatch.setattr(system, "fsync_path", fsync_path)
     monkeypatch.setattr(pipeline, "fsync_path", fsync_path)  # (its own name for it: the folder above, last)
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
@@ -254,6 +253,7 @@ def test_every_file_is_flushed_once_before_the_export_appears(src, tmp_path, mon
     assert {"skipprune.json", "README.md", "config.json"} <= set(files)
     assert set(files) <= set(published[0]), "a file was published before it was flushed"
     assert len(calls) == len(flushed), "something was flushed outside the flush of the whole folder"
+    assert len(flushed) == len(set(flushed)), f"flushed more than once: {flushed}"
 
 
 @pytest.mark.parametrize("which", [2, -1])  # a tensor in the middle (found while copying), and the last one

@@ -380,7 +380,7 @@ def publish(tmp: Path, out: Path, overwrite: bool, flusher: Flusher | None = Non
     with translated(OutputError, f"flushing {out.name} to disk", "check the disk and the output location"):
         if flusher is not None:
             flusher.join()
-        fsync_tree(tmp)
+        fsync_tree(tmp, flusher.paths if flusher is not None else ())
         _publish(tmp, out, overwrite)
 
 

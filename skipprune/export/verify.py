@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import queue
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -102,9 +104,6 @@ class ByteCheck:
         self.closed = False
         self.queue = self.thread = None
         if behind:
-            import queue
-            import threading
-
             self.queue = queue.Queue(maxsize=_LAG)
             self.thread = threading.Thread(target=self._behind, daemon=True, name="skipprune-byte-check")
             self.thread.start()
