@@ -400,6 +400,33 @@ def card(output, results_path):
 
 @main.command()
 @click.argument("export_folder", metavar="EXPORT")
+@click.option("--source", metavar="SOURCE", help="Check against this source (folder or Hub id), bypassed, instead.")
+@click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Run EXPORT's code files to check against, even where they are not a skipprune release's.",
+)
+@click.option("--push", "push_to", metavar="REPO_ID", help="Then upload EXPORT to the Hub as REPO_ID.")
+@click.option("--private", is_flag=True, help="With --push: create the repo as private.")
+def refresh(export_folder, source, trust_remote_code, push_to, private):
+    """Rewrite EXPORT's code files (and only those) to this skipprune's, so that it runs under the transformers
+    releases this skipprune supports; its logits are checked to be unchanged first, and skipprune.json records it."""
+    from .export.refresh import refresh as run_refresh
+
+    if push_to:
+        from .cards.hub import check_push
+
+        check_push(push_to)
+    result = run_refresh(export_folder, source=source, trust_remote_code=trust_remote_code)
+    click.echo(result.message)
+    if push_to:
+        from .cards.hub import push as run_push
+
+        click.echo(run_push(result.folder, push_to, private=private, commit_message="skipprune refresh"))
+
+
+@main.command()
+@click.argument("export_folder", metavar="EXPORT")
 @click.argument("out", metavar="OUT.gguf")
 @click.option(
     "--outtype",

@@ -100,6 +100,21 @@ class Healing:
 
 
 @dataclass
+class Refresh:
+    """An export's code files replaced by a later skipprune's (`skipprune refresh`); its tensors, config and card
+    are untouched, and its logits were compared with what it computed before."""
+
+    skipprune_version: str  # whose code files it holds since
+    transformers_version: str  # installed during the check
+    files: list[str]
+    previous_code: str  # the skipprune releases in which the replaced files first appeared, or "not skipprune's"
+    verified_against: str  # "its previous code" or "the bypassed source <label>"
+    max_abs_logit_diff: float
+    tokens: int
+    cached_equals_uncached: bool
+
+
+@dataclass
 class PlanScore:
     """One row of a search's held-out table: a strategy's plan at the same budget, scored on the eval text."""
 
@@ -206,6 +221,7 @@ class ExportRecord(_Versioned):
     adaptive_ffn_skip: dict | None = None
     ignored_tensors: list[str] = field(default_factory=list)  # source tensors the model never reads
     command: str | None = None  # how to reproduce it, without local paths
+    refreshes: list[Refresh] = field(default_factory=list)  # later skipprunes' code files, oldest first
     skipprune_version: str = __version__
     transformers_version: str | None = None
     schema_version: int = SCHEMA_VERSION

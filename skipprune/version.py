@@ -1,3 +1,3 @@
 """The version of skipprune, readable without importing any stage."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -155,3 +155,20 @@ def test_other_commands_on_broken_folders(tmp_path):
     assert_clean_failure(run("card", tmp_path / "export"), "skipprune.json: unreadable")
     (tmp_path / "empty" / "config.json").write_text("[1, 2]")
     assert_clean_failure(run("eval", tmp_path / "empty", "--no-speed"), "not a JSON object")
+
+
+def test_an_output_name_that_is_not_utf8(src, tmp_path):
+    out = Path(os.fsdecode(bytes(tmp_path) + b"/bad\xff"))
+    assert_clean_failure(run("export", src, out, "--drop-attn", "1"), "is not valid UTF-8", out)
+
+
+def test_a_tokenizer_with_ids_beyond_the_embeddings(src, tmp_path):
+    """A tokenizer that is not the model's (ids past its embedding table) is named, not an IndexError."""
+    from tiny import make_byte_fallback_tokenizer
+
+    make_byte_fallback_tokenizer(src, "the quick brown fox jumps over the lazy dog\n" * 50)  # 259+ ids, 128 rows
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    for command in ("analyze", "sweep"):
+        proc = run(command, src, "--text", text, "--samples", "2", "--seq-len", "16")
+        assert_clean_failure(proc, "embeddings: the tokenizer files beside its config.json are not this model's")

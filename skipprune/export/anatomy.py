@@ -423,7 +423,7 @@ def _split(text_type: str, text_json: str) -> dict:
         return json.loads(cached.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         pass
-    with _quiet():
+    with quiet():
         derived = derive_sublayers(text_type, text_json)
         why = None if isinstance(derived, str) else self_check(text_type, text_json, derived["kinds"])
     if isinstance(derived, str):
@@ -445,7 +445,7 @@ def _split(text_type: str, text_json: str) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """transformers' warnings off while a tiny model is studied: they would be about the toy (a missing fast
     kernel for linear attention, ...), printed before the command's own first line."""
     from transformers.utils import logging as hf_logging
@@ -484,9 +484,18 @@ def self_check(model_type: str, config_json: str, kinds: list[dict]) -> str | No
             plans = [PrunePlan(TOY_LAYERS, firsts, set()), PrunePlan(TOY_LAYERS, set(), firsts)]
         else:
             plans = [PrunePlan(TOY_LAYERS, {f}, {(f + 1) % TOY_LAYERS}) for f in sorted(firsts)]
+    cache_failures = []
     for plan in plans:
         if why := _check_plan(ref, tiny, plan):
-            return why
+            if not why.startswith("attention:"):
+                return why
+            cache_failures.append(why)
+    # A cache that fails for some positions only is a matter of plans (checked at export), not of the family.
+    alone = (
+        PrunePlan(TOY_LAYERS, {i}, set()) for i in range(TOY_LAYERS) if "attention" in tiny.at(i).mixer.split(" + ")
+    )
+    if cache_failures and not any(_check_plan(ref, tiny, plan) is None for plan in alone):
+        return cache_failures[0]
     return None
 
 
@@ -519,18 +528,87 @@ def _check_plan(ref, tiny, plan) -> str | None:
         return "stubbing its sublayers out does not reproduce the bypassed block exactly"
     if not plan.drop_attention:  # only MLPs gone: the cache is not involved
         return None
-    text = pruned.config.get_text_config(decoder=True)
+    mixers = [None if i in plan.drop_attention else tiny.at(i).mixer_children for i in range(len(layers))]
+    return cached_decoding_differs(pruned, layers, mixers, ids[:1, :6])
+
+
+def cached_decoding_differs(pruned, layers, mixers: list, ids) -> str | None:
+    """None when greedy decoding of `pruned` (a stock model, some of whose `layers` lost their token mixer:
+    `mixers[i]` names layer i's mixer modules, None where it has none) with the exported model's cache
+    (`KeptMixerCache`: slots for the kept mixers only) equals decoding without a cache; else the reason,
+    starting 'attention:'."""
+    import torch
+
+    from ..errors import describe
+    from .remote.modeling_skipprune import KeptMixerCache, cache_argument
+
+    modules = [None if names is None else [getattr(b, n) for n in names] for b, names in zip(layers, mixers)]
+    slots = KeptMixerCache(pruned.config, modules)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     try:
-        text.kv_sharing_modes = ["reuse" if i in plan.drop_attention else None for i in range(TOY_LAYERS)]
         with torch.no_grad():
-            cached = pruned.generate(ids[:1, :6], use_cache=True, **kw)
-            uncached = pruned.generate(ids[:1, :6], use_cache=False, **kw)
+            uncached = pruned.generate(ids, use_cache=False, **kw)
+            cached = pruned.generate(ids, use_cache=True, **{cache_argument(pruned.forward): slots.new()}, **kw)
     except Exception as e:
-        return f"attention: its cache fails with mixer-free layers ({type(e).__name__})"
+        return f"attention: its cache fails with mixer-free layers ({describe(e)[:160]})"
     if not torch.equal(cached, uncached):
-        return "attention: its cache does not skip mixer-free layers (cached decoding would differ)"
+        return "attention: cached decoding differs from uncached with mixer-free layers"
     return None
+
+
+def check_cached_decoding(source_config: dict, family, plan) -> None:
+    """Refuse, in one line, a plan whose export would decode with its cache otherwise than without one: its
+    pattern of layers without a token mixer, on a toy of the family with as many layers as the export."""
+    import json
+
+    from ..errors import PlanError
+    from ..prune.plan import layers_phrase
+
+    layers = plan.layers
+    if all(layer.attention for layer in layers):
+        return
+    text = text_config(source_config)
+    output = keep_layers(text, [layer.source for layer in layers], plan.num_layers)
+    model_type = text.get("model_type", source_config.get("model_type"))
+    splits = tuple((family.at(layer.source), layer.attention) for layer in layers)
+    why = _decodes(model_type, json.dumps(output, sort_keys=True), splits)
+    if why:
+        gone = layers_phrase([layer.source for layer in layers if not layer.attention])
+        noun, reason = family.mixer_noun, why.split(":", 1)[1].strip()
+        raise PlanError(
+            f"{family.model_type}: without the {noun} of {gone}, {reason} (transformers {_transformers_version()}); "
+            f"keep the {noun} of other layers, or remove whole blocks"
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _decodes(model_type: str, config_json: str, splits: tuple) -> str | None:
+    import copy
+
+    import torch
+
+    from .remote.modeling_skipprune import remove_sublayer
+
+    try:
+        with quiet():
+            pruned = copy.deepcopy(tiny_model(model_type, config_json, len(splits)))
+        _, layers = decoder_layers(pruned, len(splits))
+    except Exception:  # no toy of this config: the export's own checks stand alone
+        return None
+    for block, (split, kept) in zip(layers, splits):
+        if not kept:
+            remove_sublayer(block, list(split.attention), split.returns_of("attention"))
+    mixers = [split.mixer_children if kept else None for split, kept in splits]
+    vocab = int(getattr(pruned.config.get_text_config(decoder=True), "vocab_size", 256))
+    ids = torch.randint(3, min(vocab, 200), (1, 6), generator=torch.Generator().manual_seed(0))
+    with quiet():
+        return cached_decoding_differs(pruned, layers, mixers, ids)
+
+
+def _transformers_version() -> str:
+    from transformers import __version__
+
+    return __version__
 
 
 def check_config(config: dict) -> None:

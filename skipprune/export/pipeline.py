@@ -144,6 +144,7 @@ def export(
         ignored = verify.check_source(src, family)
         source_config = layout.with_layer_types(src.config)
         layout.check_renumbering(source_config, plan, family)
+        anatomy.check_cached_decoding(source_config, family, plan)
         log.info(
             "%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe(family.mixer_noun)
         )
@@ -335,6 +336,11 @@ def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None, f
 
 
 def _check_output_parent(out: Path) -> None:
+    try:
+        str(out.absolute()).encode("utf-8")
+    except UnicodeEncodeError:  # safetensors, the card and the Hub all need UTF-8 paths
+        shown = ascii(str(out))[1:-1]
+        raise OutputError(f"OUTPUT {shown} is not valid UTF-8; choose a folder name (and path) in UTF-8") from None
     p = out.parent
     while not p.exists():
         p = p.parent

@@ -156,8 +156,8 @@ def _heal_joined(
     model = load_model(student, place, device_map, max_memory, keep_dtype=keep)
     here = torch.device(f"cuda:{world.local_rank}") if gpu else input_device(model)
     run = Run(world, strategy, here, list(blocks_of(model)))  # found before peft wraps the model
-    windows = token_windows(student.tokenizer, train, seq_len)
-    scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows)
+    windows = token_windows(student.tokenizer, train, seq_len, vocab_size=student.vocab_size)
+    scoring = token_windows(student.tokenizer, held_out, seq_len, score_windows, vocab_size=student.vocab_size)
     reference, teacher_label = None, None
     if teacher is not None:
         teacher_ref, _ = prepare_stock(teacher, device, spread=device_map is not None, streamable=False)

@@ -85,7 +85,7 @@ def evaluate(
     if not 2 <= seq_len <= max_len:
         raise MeasureError(f"--seq-len {seq_len} must be between 2 and the model's maximum, {max_len}")
     content, name = read_text(text)
-    windows = token_windows(prepared[0].tokenizer, content, seq_len)
+    windows = token_windows(prepared[0].tokenizer, content, seq_len, vocab_size=prepared[0].vocab_size)
     loaded = [load_model(p, device, device_map, max_memory) for p in prepared]
     measured = []
     for m, p in zip(loaded, prepared):
@@ -204,5 +204,5 @@ def _stock_on_windows(model: str, text, samples: int, seq_len: int, device: str,
     check_seq_len(seq_len)
     prepared, family = prepare_stock(model, device, trust_remote_code, spread=device_map is not None)
     content, name = read_text(text)
-    windows = token_windows(prepared.tokenizer, content, seq_len, samples)
+    windows = token_windows(prepared.tokenizer, content, seq_len, samples, vocab_size=prepared.vocab_size)
     return prepared, family, windows, name, load_model(prepared, pick_device(device), device_map, max_memory)

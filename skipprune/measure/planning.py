@@ -105,8 +105,12 @@ def search(
     serving = format == "nemotron-nas"
     if serving:
         nas.check(prepared.config, PrunePlan(num_layers), family, None)
-    windows = token_windows(prepared.tokenizer, calibration, seq_len, samples)
-    eval_windows = None if held_out is None else token_windows(prepared.tokenizer, held_out, eval_seq_len, eval_samples)
+    windows = token_windows(prepared.tokenizer, calibration, seq_len, samples, vocab_size=prepared.vocab_size)
+    eval_windows = (
+        None
+        if held_out is None
+        else token_windows(prepared.tokenizer, held_out, eval_seq_len, eval_samples, vocab_size=prepared.vocab_size)
+    )
     if note := calibration_note(text):
         log.info(note)
     loaded = load_model(prepared, pick_device(device), device_map, max_memory)

@@ -66,12 +66,18 @@ def read_text(text: str | None, choices: str = ANY_TEXT) -> tuple[str, str]:
     return content, text_name(text)
 
 
-def token_windows(tokenizer, text: str, seq_len: int, samples: int | None = None):
+def token_windows(tokenizer, text: str, seq_len: int, samples: int | None = None, vocab_size: int | None = None):
     """The text tokenized once and cut into non-overlapping windows of `seq_len` tokens, at most `samples` of
-    them: a (windows, seq_len) tensor. The tail shorter than a window is dropped."""
+    them: a (windows, seq_len) tensor. The tail shorter than a window is dropped. `vocab_size`: the model's
+    embedding rows, which every token id must fall within."""
     import torch
 
-    ids = torch.tensor(tokenizer(text)["input_ids"])
+    ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    if vocab_size and len(ids) and int(ids.max()) >= vocab_size:
+        raise MeasureError(
+            f"the tokenizer gives token id {int(ids.max())}, but the model has {vocab_size} embeddings: the "
+            "tokenizer files beside its config.json are not this model's; put its own tokenizer there"
+        )
     count = len(ids) // seq_len
     if count == 0:
         raise MeasureError(

@@ -71,6 +71,12 @@ class Family:
             return tuple(name for name, _ in returns)
         return (out,)
 
+    @property
+    def mixer_children(self) -> tuple[str, ...]:
+        """The compute modules of the token mixer (several side by side in some hybrid blocks)."""
+        returns = self.attention_returns
+        return tuple(name for name, _ in returns) if isinstance(returns, tuple) else self.attention[:1]
+
     def returns_of(self, sublayer: str) -> int | dict:
         """What config.json's `<sublayer>_returns` says: an int, or {module: k} for parallel modules."""
         value = getattr(self, f"{sublayer}_returns")
@@ -137,11 +143,13 @@ class Family:
 
         kept = [i for i in range(len(self.layer_kind)) if i not in plan.drop_attention]
         bearing = [i for i in range(len(self.layer_kind)) if "attention" in self.at(i).mixer.split(" + ")]
-        if bearing and not set(kept) & set(bearing):
+        if bearing and kept and not set(kept) & set(bearing):
+            # With no mixer at all the model decodes without a cache; with only other mixers left, transformers
+            # before 5.25 reads the sequence length from an attention slot that no longer exists.
             raise PlanError(
                 f"{self.model_type}: the plan removes the token mixer of every attention layer "
-                f"({format_indices(bearing)}), and transformers' cache counts tokens in attention layers: keep at "
-                "least one"
+                f"({format_indices(bearing)}) but keeps others, and transformers < 5.25 counts cached tokens in "
+                "attention layers: keep at least one"
             )
 
     def check_attention(self, layers, num_layers: int) -> None:

@@ -46,8 +46,7 @@ class SkipPruneConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        text = self.text_config.get_text_config(decoder=True)  # the language model's, in a multimodal wrapper
-        n = text.num_hidden_layers
+        n = self.text_config.get_text_config(decoder=True).num_hidden_layers  # a multimodal wrapper's language model
         self.layer_has_attention = list(self.layer_has_attention or [True] * n)
         self.layer_has_mlp = list(self.layer_has_mlp or [True] * n)
         if not len(self.layer_has_attention) == len(self.layer_has_mlp) == n:
@@ -55,9 +54,6 @@ class SkipPruneConfig(PreTrainedConfig):
         if self.source_layer_index is None:
             self.source_layer_index = list(range(n))
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
-        # transformers' caches put an empty DummyLayer where kv_sharing_modes says "reuse": layers without
-        # attention then hold no KV bytes, and length/mask lookups skip them.
-        text.kv_sharing_modes = [None if a else "reuse" for a in self.layer_has_attention]
         if self.adaptive_ffn_skip is not None:
             keys = {"cold_start", "cold_end", "sim_threshold", "warmup_tokens", "max_skips"}
             if set(self.adaptive_ffn_skip) != keys:

@@ -49,13 +49,9 @@ class DeciLMConfig(LlamaConfig):
                 raise ValueError(f"block_configs has {len(blocks)} entries for {layers} layers")
         super().__init__(**kwargs)
         self.block_configs = blocks
-        # transformers' caches put an empty DummyLayer where kv_sharing_modes says "reuse": layers without
-        # attention then hold no KV bytes, and length/mask lookups skip them.
-        self.kv_sharing_modes = [("reuse" if b.attention.no_op else None) for b in blocks] or None
 
     def to_dict(self):
         out = super().to_dict()
-        out.pop("kv_sharing_modes", None)
         if out.get("block_configs"):  # null in the format: the blocks say it
             out["num_key_value_heads"] = out["intermediate_size"] = None
         return out

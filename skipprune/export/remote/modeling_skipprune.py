@@ -8,28 +8,43 @@ before. The differences:
 1. A removed sublayer's module (attention, or in a hybrid family the block's other token mixer: linear
    attention, a Mamba mixer, a convolution; or the MLP) is replaced by `RemovedSublayer`, whose output is
    zero, and its norms by identities: the block adds nothing for it to the residual stream, which is
-   precisely "sublayer bypassed" (a post-norm of zero is zero too). The stubs hold no weights and no cache or
-   recurrent state.
-2. Blocks that lost both sublayers are not here at all (layers are renumbered; `source_layer_index` says
+   precisely "sublayer bypassed" (a post-norm of zero is zero too). The stubs hold no weights.
+2. The cache has slots only for the layers that kept a token mixer (`KeptMixerCache`), so a layer without one
+   stores nothing, and the sequence length is read where tokens are counted.
+3. Blocks that lost both sublayers are not here at all (layers are renumbered; `source_layer_index` says
    where each came from).
-3. Optional: input-adaptive FFN skipping during generation (FFN-SkipLLM), off unless the config enables it.
+4. Optional: input-adaptive FFN skipping during generation (FFN-SkipLLM), off unless the config enables it.
 
-Needs only torch and transformers (>= 5.23, < 6).
+Needs only torch and transformers; tested with transformers 5.23 to 5.25. What it uses of transformers:
+`PreTrainedModel`, `GenerationMixin`, `MODEL_FOR_CAUSAL_LM_MAPPING`, `DynamicCache(config=...)` and the
+`layers` list of a cache, each stock mixer module's `layer_idx` (or `layer_id`) attribute, and
+`CausalLMOutputWithPast`.
 """
+
+import inspect
+import logging
 
 import torch
 from torch import nn
-from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, GenerationMixin, PreTrainedModel
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, DynamicCache, GenerationMixin, PreTrainedModel
 from transformers import __version__ as transformers_version
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_skipprune import SkipPruneConfig
 
-_SUPPORTED = ((5, 23), (6, 0))
-if not _SUPPORTED[0] <= tuple(int(p) for p in transformers_version.split(".")[:2]) < _SUPPORTED[1]:
+# The transformers releases this file was tested with: older ones lack what it needs, newer ones may work.
+TESTED = ((5, 23), (5, 25))
+_found = tuple(int(p) for p in transformers_version.split(".")[:2])
+if _found < TESTED[0]:
     raise ImportError(
-        f"this skipprune model needs transformers >=5.23,<6 (found {transformers_version}): "
-        "pip install 'transformers>=5.23,<6'"
+        f"this skipprune model needs transformers >= 5.23 (found {transformers_version}): "
+        "pip install 'transformers>=5.23,<5.26'"
+    )
+if _found > TESTED[1]:
+    logging.getLogger(__name__).warning(
+        "this skipprune model was tested with transformers 5.23 to 5.25, not %s: if it fails, "
+        "pip install 'transformers>=5.23,<5.26', or run `skipprune refresh` on it with a newer skipprune",
+        transformers_version,
     )
 
 # -- 1. the stub and the removal ------------------------------------------------------------------------------
@@ -76,7 +91,89 @@ def layer_split(config, i: int) -> dict:
     return {**split, "mlp_input_module": config.mlp_input_module, "mlp_output_module": config.mlp_output_module}
 
 
-# -- 2. the model ---------------------------------------------------------------------------------------------
+# -- 2. the cache --------------------------------------------------------------------------------------------
+
+
+def mixer_modules(split: dict) -> list[str]:
+    """The compute modules of a layer's token mixer (several run side by side in some hybrid blocks)."""
+    returns = split["attention_returns"]
+    return list(returns) if isinstance(returns, dict) else [split["attention_modules"][0]]
+
+
+class KeptMixerCache:
+    """Cache slots for the layers that kept a token mixer, none for the others.
+
+    A stock mixer module (attention, linear attention, Mamba, a convolution) keeps its state in the cache slot
+    its `layer_idx` (in a few families `layer_id`) names, and the stock model reads the sequence length from
+    slot 0: a slot left empty for a layer without a mixer would restart positions. So the kept mixers are
+    numbered 0..k-1 in layer order, and
+    the cache is the stock `DynamicCache` of the whole model with only their slots kept: each slot is of the
+    kind the stock model gives its layer (sliding window, linear attention, ...), and nothing depends on how
+    transformers marks a slot it does not use. `mixers[i]`: layer i's mixer modules, None where it has none."""
+
+    def __init__(self, text_config, mixers: list):
+        self.text_config = text_config
+        self.layers = [i for i, modules in enumerate(mixers) if modules is not None]
+        for slot, i in enumerate(self.layers):
+            for module in mixers[i]:
+                for sub in module.modules():
+                    for name in ("layer_idx", "layer_id"):
+                        if getattr(sub, name, None) == i:
+                            setattr(sub, name, slot)
+
+    def new(self, cache_class=DynamicCache, **kwargs):
+        """An empty cache for this model; `cache_class` and `kwargs` as for a stock model (`StaticCache` with
+        `max_cache_len=...`, `offloading=True`, ...)."""
+        cache = cache_class(config=self.text_config, **kwargs)
+        cache.layers = [cache.layers[i] for i in self.layers]
+        return cache
+
+
+def cache_argument(forward) -> str:
+    """The name under which a stock forward takes its cache (`cache` since transformers 5.24)."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+class KeptMixerCacheMixin:
+    """Hands the stock model a `KeptMixerCache` wherever it would build its own cache (forward, generate)."""
+
+    kept_mixers: KeptMixerCache | None = None  # None: every layer kept its mixer, the stock cache fits
+    _cache_arg = "past_key_values"
+
+    def new_cache(self, cache_class=DynamicCache, **kwargs):
+        """An empty cache for this model (see `KeptMixerCache.new`), e.g. to pass a `StaticCache` to generate."""
+        if self.kept_mixers is None:
+            return cache_class(config=self.config.get_text_config(decoder=True), **kwargs)
+        return self.kept_mixers.new(cache_class, **kwargs)
+
+    def _with_cache(self, kwargs: dict, use_cache) -> dict:
+        slots = self.kept_mixers
+        if slots is None or kwargs.get("cache", kwargs.get("past_key_values")) is not None or use_cache is False:
+            return kwargs
+        return {**kwargs, self._cache_arg: slots.new()}
+
+    def _forward_kwargs(self, kwargs: dict) -> dict:
+        use = kwargs.get("use_cache")
+        return self._with_cache(
+            kwargs, getattr(self.kept_mixers.text_config, "use_cache", True) if use is None else use
+        )
+
+    def generate(self, *args, **kwargs):
+        if self.kept_mixers is not None:
+            config = kwargs.get("generation_config") or self.generation_config
+            use = kwargs.get("use_cache", getattr(config, "use_cache", True))
+            implementation = kwargs.get("cache_implementation", getattr(config, "cache_implementation", None))
+            if implementation not in (None, "dynamic") and use is not False:
+                raise ValueError(
+                    f"cache_implementation={implementation!r}: this model's layers without a token mixer get no "
+                    "cache slot, so pass the cache instead, e.g. "
+                    "generate(..., cache=model.new_cache(StaticCache, max_cache_len=N))"
+                )
+            kwargs = {**self._with_cache(kwargs, use), "cache_implementation": None}
+        return super().generate(*args, **kwargs)
+
+
+# -- 3. the model ---------------------------------------------------------------------------------------------
 
 
 class SkipPrunePreTrainedModel(PreTrainedModel):
@@ -117,7 +214,7 @@ def _decoder_layers(model: nn.Module, path: str) -> nn.ModuleList:
     return model
 
 
-class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
+class SkipPruneForCausalLM(KeptMixerCacheMixin, SkipPrunePreTrainedModel, GenerationMixin):
     """The stock causal LM of the source family with the removed sublayers stubbed out (see the module docs).
 
     Its children are the stock model's own (`model` and `lm_head` for most families), so weight names and
@@ -135,6 +232,7 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         self._tied_weights_keys = getattr(stock, "_tied_weights_keys", None)
         self.base_model_prefix = stock.base_model_prefix
         layers = _decoder_layers(self, config.decoder_layers)
+        mixers = []
         for i, (block, has_attention, has_mlp) in enumerate(
             zip(layers, config.layer_has_attention, config.layer_has_mlp)
         ):
@@ -143,6 +241,10 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
                 remove_sublayer(block, split["attention_modules"], split["attention_returns"])
             if not has_mlp:
                 remove_sublayer(block, split["mlp_modules"], split["mlp_returns"])
+            mixers.append([getattr(block, name) for name in mixer_modules(split)] if has_attention else None)
+        if not all(config.layer_has_attention):
+            self.kept_mixers = KeptMixerCache(config.text_config, mixers)
+        self._cache_arg = cache_argument(stock.forward)
         self.ffn_skip = FFNSkipState(config, stock, layers) if config.adaptive_ffn_skip is not None else None
         self.ffn_skip_stats = None
         self.post_init()
@@ -151,6 +253,8 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         return self._stock[0].get_decoder()
 
     def forward(self, *args, **kwargs) -> CausalLMOutputWithPast:
+        if self.kept_mixers is not None:
+            kwargs = self._forward_kwargs(kwargs)
         return self._stock[0](*args, **kwargs)
 
     def generate(self, *args, **kwargs):
@@ -165,7 +269,7 @@ class SkipPruneForCausalLM(SkipPrunePreTrainedModel, GenerationMixin):
         return out
 
 
-# -- 3. input-adaptive FFN skipping ---------------------------------------------------------------------------
+# -- 4. input-adaptive FFN skipping ---------------------------------------------------------------------------
 
 
 class FFNSkipState:
@@ -236,4 +340,4 @@ def _make_adaptive(mlp: nn.Module, post_norm: nn.Module | None, state: FFNSkipSt
     mlp.forward = forward
 
 
-__all__ = ["SkipPruneForCausalLM", "SkipPrunePreTrainedModel", "remove_sublayer"]
+__all__ = ["KeptMixerCache", "SkipPruneForCausalLM", "SkipPrunePreTrainedModel", "remove_sublayer"]
