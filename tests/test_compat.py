@@ -206,9 +206,7 @@ def test_a_plan_whose_cache_fails_is_refused_naming_its_layers(tmp_path, monkeyp
         )
 
     monkeypatch.setattr(anatomy, "_decodes", fails_at_first)
-    with pytest.raises(
-        PlanError, match=r"llama: without the attention of layers 0,3, its cache fails .*transformers"
-    ):
+    with pytest.raises(PlanError, match=r"llama: without the attention of layers 0,3, its cache fails .*transformers"):
         skipprune.export(src, tmp_path / "out", PrunePlan(6, {0, 3}, set()))
     assert not (tmp_path / "out").exists()
     skipprune.export(src, tmp_path / "out", PrunePlan(6, {2, 3}, set()))

@@ -106,10 +106,10 @@ class KeptMixerCache:
     A stock mixer module (attention, linear attention, Mamba, a convolution) keeps its state in the cache slot
     its `layer_idx` (in a few families `layer_id`) names, and the stock model reads the sequence length from
     slot 0: a slot left empty for a layer without a mixer would restart positions. So the kept mixers are
-    numbered 0..k-1 in layer order, and
-    the cache is the stock `DynamicCache` of the whole model with only their slots kept: each slot is of the
-    kind the stock model gives its layer (sliding window, linear attention, ...), and nothing depends on how
-    transformers marks a slot it does not use. `mixers[i]`: layer i's mixer modules, None where it has none."""
+    numbered 0..k-1 in layer order, and the cache is the stock `DynamicCache` of the whole model with only
+    their slots kept: each slot is of the kind the stock model gives its layer (sliding window, linear
+    attention, ...), and nothing depends on how transformers marks a slot it does not use. `mixers[i]`: layer
+    i's mixer modules, None where it has none."""
 
     def __init__(self, text_config, mixers: list):
         self.text_config = text_config
