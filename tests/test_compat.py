@@ -210,3 +210,19 @@ def test_a_plan_whose_cache_fails_is_refused_naming_its_layers(tmp_path, monkeyp
         skipprune.export(src, tmp_path / "out", PrunePlan(6, {0, 3}, set()))
     assert not (tmp_path / "out").exists()
     skipprune.export(src, tmp_path / "out", PrunePlan(6, {2, 3}, set()))
+
+
+def test_refresh_streams_an_export_larger_than_memory(tmp_path, monkeypatch):
+    """With too little memory for the export, both checks run with its weights on disk: the same verdict."""
+    from skipprune.export import refresh as module
+
+    monkeypatch.setattr(module, "available_memory", lambda: 1)
+    src = make_model(tmp_path / "src", "llama")
+    export = shutil.copytree(FIXTURES / "llama-attn0", tmp_path / "export")
+    entry = module.refresh(export).refresh
+    assert entry.max_abs_logit_diff == 0.0 and entry.cached_equals_uncached
+    out = tmp_path / "out"
+    skipprune.export(src, out, PrunePlan(6, {0, 3}, {4}))
+    (out / "modeling_skipprune.py").write_text((FIXTURES / "llama-attn0" / "modeling_skipprune.py").read_text())
+    entry = module.refresh(out, source=str(src)).refresh
+    assert entry.verified_against.startswith("the bypassed source") and entry.max_abs_logit_diff == 0.0

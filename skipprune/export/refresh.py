@@ -19,9 +19,10 @@ from pathlib import Path
 
 from ..errors import SourceError, VerificationError, describe, translated
 from ..records import RECORD_FILE, ExportRecord, Refresh
-from ..system import fsync_path, write_text_durably
+from ..system import available_memory, fsync_path, write_text_durably
 from ..version import __version__
 from .anatomy import quiet
+from .offload import streaming_map
 from .remote import OWN_CODE, REMOTE_DIR
 from .source import read_config
 
@@ -100,18 +101,20 @@ def _previous_code(old: dict, new: dict, files) -> str | None:
 
 
 def _check(folder: Path, old: dict, new: dict, source: str | None, record: ExportRecord | None) -> Refresh:
-    """Logits of the export with the new files against the reference, on its own weights; cached decoding."""
+    """Logits of the export with the new files against the reference, on its own weights; cached decoding. An
+    export larger than memory allows is run with its weights left on disk, each block read when it runs."""
     import torch
     from transformers import __version__ as transformers_version
 
+    streamed = 2 * sum(p.stat().st_size for p in folder.glob("*.safetensors")) > available_memory()
     with tempfile.TemporaryDirectory(prefix="skipprune-refresh-") as tmp:
         after = _view(folder, Path(tmp), new)
-        model = _load(after, "the refreshed export")
+        model = _load(after, "the refreshed export", streamed, Path(tmp))
         vocab = int(model.config.get_text_config(decoder=True).vocab_size)
         ids = torch.randint(3, max(4, min(vocab, 1000)), (2, 16), generator=torch.Generator().manual_seed(0))
         mask = torch.ones_like(ids)
         mask[1, :4] = 0
-        kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0)
+        kw = dict(max_new_tokens=2 if streamed else 8, do_sample=False, pad_token_id=0)
         try:
             with torch.no_grad():
                 got = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
@@ -125,20 +128,17 @@ def _check(folder: Path, old: dict, new: dict, source: str | None, record: Expor
         dtype = model.dtype
         del model
         if source is None:
-            want, against = (
-                _run(_load(_view(folder, Path(tmp), old), "the export as it was"), ids, mask),
-                "its previous code",
-            )
+            before = _load(_view(folder, Path(tmp), old), "the export as it was", streamed, Path(tmp))
+            want, against = _run(before, ids, mask), "its previous code"
         else:
-            want, against = _bypassed_source(source, record, ids, mask, dtype), f"the bypassed source {source}"
+            reference = _bypassed_source(source, record, (ids, mask), dtype, streamed, Path(tmp))
+            want, against = reference, f"the bypassed source {source}"
     keep = mask.bool()
     diff = float((got[keep].float() - want[keep].float()).abs().max())
-    allowed = (
-        record.verification.numerics.max_abs_logit_diff if source and record and record.verification.numerics else 0.0
-    )
-    entry = Refresh(
-        __version__, transformers_version, [], "", against, diff, int(keep.sum()), torch.equal(cached, uncached)
-    )
+    numerics = record.verification.numerics if source and record else None
+    allowed = numerics.max_abs_logit_diff if numerics else 0.0
+    same = torch.equal(cached, uncached)
+    entry = Refresh(__version__, transformers_version, [], "", against, diff, int(keep.sum()), same)
     if diff > allowed:
         raise VerificationError(
             f"with skipprune {__version__}'s code, {folder}'s logits differ from {against} (max |diff| {diff:.3g}); "
@@ -164,11 +164,15 @@ def _view(folder: Path, tmp: Path, code: dict) -> Path:
     return view
 
 
-def _load(view: Path, what: str):
+def _load(view: Path, what: str, streamed: bool, tmp: Path):
     from transformers import AutoModelForCausalLM
 
+    placement = {}
+    if streamed:
+        offload = tempfile.mkdtemp(dir=tmp, prefix="offload")
+        placement = {"device_map": streaming_map(view, trust_remote_code=True), "offload_folder": offload}
     with quiet(), translated(VerificationError, f"loading {what}", "check the export's files, or pass --source"):
-        return AutoModelForCausalLM.from_pretrained(view, trust_remote_code=True, dtype="auto").eval()
+        return AutoModelForCausalLM.from_pretrained(view, trust_remote_code=True, dtype="auto", **placement).eval()
 
 
 def _run(model, ids, mask):
@@ -178,7 +182,7 @@ def _run(model, ids, mask):
         return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
 
-def _bypassed_source(source: str, record: ExportRecord | None, ids, mask, dtype):
+def _bypassed_source(source: str, record: ExportRecord | None, batch: tuple, dtype, streamed: bool, tmp: Path):
     """The source's logits with the export's plan bypassed (the reference every export is verified against)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -191,10 +195,14 @@ def _bypassed_source(source: str, record: ExportRecord | None, ids, mask, dtype)
         raise SourceError(f"--source needs the export's {RECORD_FILE} (its plan); check against its previous code")
     folder, _ = resolve_folder(source)
     family = family_of(read_config(folder, source))
+    placement = {}
+    if streamed:
+        offload = tempfile.mkdtemp(dir=tmp, prefix="offload")
+        placement = {"device_map": streaming_map(folder), "offload_folder": offload}
     with quiet(), translated(SourceError, f"loading the source {source}", "check SOURCE"):
-        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+        ref = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **placement).eval()
     with torch.no_grad(), bypassed(ref, record.plan, family):
-        return ref(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return ref(input_ids=batch[0], attention_mask=batch[1], use_cache=False).logits
 
 
 def _replace(folder: Path, files: dict) -> None:
