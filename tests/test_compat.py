@@ -123,6 +123,11 @@ def test_v040_exports_load_or_are_refreshed(name, tmp_path):
     assert again.returncode == 0 and "already holds" in again.stdout
 
 
+def test_eval_of_an_export_with_older_code_says_to_refresh(tmp_path):
+    export = shutil.copytree(FIXTURES / "llama-attn0", tmp_path / "export")
+    assert_clean_failure(run("eval", export, "--no-speed"), f"skipprune refresh {export}")
+
+
 def test_refresh_checks_against_the_source_and_refuses_unknown_code(tmp_path):
     src = make_model(tmp_path / "src", "llama")
     out = tmp_path / "out"
@@ -182,8 +187,7 @@ def test_serving_format_on_supported_transformers(family, tmp_path):
 
 def test_the_shipped_code_is_listed_as_released():
     """A later skipprune must recognise today's files in an export (`refresh` runs them only if listed)."""
-    from skipprune.export.refresh import RELEASED
-    from skipprune.export.remote import NAS_FILES, REMOTE_DIR
+    from skipprune.export.remote import NAS_FILES, RELEASED, REMOTE_DIR
 
     missing = [n for n in NAS_FILES if hashlib.sha256((REMOTE_DIR / n).read_bytes()).hexdigest() not in RELEASED]
     assert not missing, f"{missing}: run python scripts/record_released_code.py"

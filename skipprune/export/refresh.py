@@ -10,8 +10,6 @@ refresh is appended to skipprune.json.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -23,10 +21,8 @@ from ..system import available_memory, fsync_path, write_text_durably
 from ..version import __version__
 from .anatomy import quiet
 from .offload import streaming_map
-from .remote import OWN_CODE, REMOTE_DIR
+from .remote import OWN_CODE, REMOTE_DIR, released_code
 from .source import read_config
-
-RELEASED = json.loads((REMOTE_DIR / "released.json").read_text(encoding="utf-8"))  # sha256 -> which skipprune
 
 
 @dataclass
@@ -56,7 +52,7 @@ def refresh(export, source: str | None = None, trust_remote_code: bool = False) 
     stale = [name for name in files if old.get(name) != new[name]]
     if not stale:
         return RefreshResult(folder, None, f"{folder} already holds skipprune {__version__}'s code")
-    previous = _previous_code(old, new, files)
+    previous = released_code(folder, config)
     if source is None and previous is None and not trust_remote_code:
         raise SourceError(
             f"{folder}'s code files are not a skipprune release's: pass --source SOURCE (the model it was pruned "
@@ -83,21 +79,6 @@ def _folder(export) -> Path:
             f"then run skipprune refresh DIR --push {name}"
         )
     raise SourceError(f"EXPORT {name} is not a folder; point at an export folder written by skipprune")
-
-
-def _previous_code(old: dict, new: dict, files) -> str | None:
-    """Which skipprune releases wrote the files (by hash), or None when any of them is not one of skipprune's."""
-    seen = []
-    for name in files:
-        if name not in old:
-            return None
-        if old[name] == new[name]:
-            continue
-        release = RELEASED.get(hashlib.sha256(old[name]).hexdigest())
-        if release is None:
-            return None
-        seen.append(release)
-    return "skipprune " + ", ".join(dict.fromkeys(seen))
 
 
 def _check(folder: Path, old: dict, new: dict, source: str | None, record: ExportRecord | None) -> Refresh:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import MeasureError, SourceError, translated
 from ..export.anatomy import NoDecoderBlocks
-from ..export.remote import is_own_code
+from ..export.remote import is_own_code, released_code
 from ..export.source import index_tensors, read_config, resolve_folder
 from ..prune.families import Family
 from ..system import available_memory
@@ -74,6 +74,11 @@ def prepare(
     own = is_own_code(folder, config)
     needs_code = "auto_map" in config
     if needs_code and not (own or trust_remote_code):
+        if earlier := released_code(folder, config):
+            raise MeasureError(
+                f"{ref} ships the code of {earlier}, not of this skipprune: `skipprune refresh {ref}` updates it "
+                "(checked on its weights first), or pass --trust-remote-code to run it as it is"
+            )
         raise MeasureError(
             f"{ref} ships its own modeling code, which is not exactly skipprune's; pass --trust-remote-code if you "
             "trust it"

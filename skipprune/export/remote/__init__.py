@@ -5,10 +5,13 @@ when a folder's remote code is exactly skipprune's own, which is the only code s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 REMOTE_DIR = Path(__file__).parent
+# sha256 of every version of these files that a skipprune release shipped -> the release it first appeared in
+RELEASED = json.loads((REMOTE_DIR / "released.json").read_text(encoding="utf-8"))
 REMOTE_FILES = ("configuration_skipprune.py", "modeling_skipprune.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_skipprune.SkipPruneConfig",
@@ -43,3 +46,19 @@ def is_own_code(folder: Path, config: dict) -> bool:
     except (OSError, ValueError):
         return False
     return not (isinstance(tokenizer_config, dict) and "auto_map" in tokenizer_config)
+
+
+def released_code(folder: Path, config: dict) -> str | None:
+    """'skipprune <versions>' when `folder` ships skipprune's code files for its model_type as some skipprune
+    release wrote them (known by hash; the current ones included), else None."""
+    auto_map, files = OWN_CODE.get(config.get("model_type"), (None, ()))
+    if auto_map is None or config.get("auto_map") != auto_map:
+        return None
+    versions = []
+    for name in files:
+        path = folder / name
+        release = RELEASED.get(hashlib.sha256(path.read_bytes()).hexdigest()) if path.is_file() else None
+        if release is None:
+            return None
+        versions.append(release)
+    return "skipprune " + ", ".join(dict.fromkeys(versions))
