@@ -118,9 +118,9 @@ def agreement(source: Path, folder: Path, plan, text: str, tmp: Path, threads: i
     from llama_cpp import Llama
     from transformers import AutoTokenizer
 
-    from skipprune.export.anatomy import family_of
     from skipprune.export.gguf import to_gguf
     from skipprune.export.source import read_config
+    from skipprune.families import family_of
     from skipprune.prune.bypass import bypassed
 
     gguf = to_gguf(folder, tmp / f"{folder.name}-f32.gguf", "f32")
@@ -158,8 +158,8 @@ def agreement(source: Path, folder: Path, plan, text: str, tmp: Path, threads: i
 def ideal(source: Path, plan, prompt: int) -> dict[str, float]:
     """Ideal speed-ups of `plan` (a PrunePlan): prefill at each prompt length, generation at `prompt` context."""
 
-    from skipprune.export.anatomy import family_of
     from skipprune.export.source import read_config
+    from skipprune.families import family_of
     from skipprune.measure.planning import model_costs
     from skipprune.prune.budget import shares
 
@@ -186,7 +186,8 @@ def ideal(source: Path, plan, prompt: int) -> dict[str, float]:
 def run_model(model: str, repeats: int, threads: int, outtype: str) -> dict:
     import skipprune
     from skipprune.export.gguf import to_gguf
-    from skipprune.export.source import layer_count, read_config
+    from skipprune.export.source import read_config
+    from skipprune.families.config import layer_count
     from skipprune.records import ExportRecord
 
     source = resolve(model)

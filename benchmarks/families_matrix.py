@@ -26,7 +26,7 @@ def tiny_source(folder: Path, model_type: str) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from skipprune.export.anatomy import shrink
+    from skipprune.families.toy import shrink
 
     config = shrink(AutoConfig.for_model(model_type).to_dict(), N)
     config.pop("model_type", None)
@@ -76,8 +76,9 @@ def try_export(src: Path, out: Path, plan) -> str:
 
 
 def study(model_type: str) -> dict:
-    from skipprune.export.anatomy import family_of, support
     from skipprune.export.source import read_config
+    from skipprune.export.support import support
+    from skipprune.families import family_of
 
     t0 = time.perf_counter()
     row = support(model_type)

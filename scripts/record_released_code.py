@@ -1,4 +1,4 @@
-"""Add the code files this skipprune ships into exports to skipprune/export/remote/released.json (sha256 ->
+"""Add the code files this skipprune ships into exports to skipprune/remote/released.json (sha256 ->
 the version in which they first appeared), so that a later `skipprune refresh` recognises them as skipprune's
 own and may run them to check against. tests/test_compat.py fails until the shipped files are listed.
 
@@ -9,7 +9,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from skipprune.export.remote import NAS_FILES, REMOTE_DIR
+from skipprune.remote import NAS_FILES, REMOTE_DIR
 from skipprune.version import __version__
 
 path = REMOTE_DIR / "released.json"

@@ -357,7 +357,8 @@ def families(model_types, json_path):
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from .errors import PlanError
-    from .export.anatomy import close_model_type, support
+    from .export.support import support
+    from .families import close_model_type
 
     for t in model_types:
         if t not in CONFIG_MAPPING and (near := close_model_type(t)):

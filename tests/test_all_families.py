@@ -15,8 +15,9 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import skipprune
-from skipprune.export.anatomy import family_of, shrink
 from skipprune.export.source import read_config
+from skipprune.families import family_of
+from skipprune.families.toy import shrink
 from skipprune.measure.speed import cache_of
 from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan

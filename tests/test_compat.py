@@ -24,7 +24,7 @@ from test_all_families import check_export, tiny_source
 from transformers import AutoModelForCausalLM
 
 import skipprune
-from skipprune.export.anatomy import support
+from skipprune.export.support import support
 from skipprune.measure.speed import cache_of
 from skipprune.prune.plan import PrunePlan
 
@@ -187,7 +187,7 @@ def test_serving_format_on_supported_transformers(family, tmp_path):
 
 def test_the_shipped_code_is_listed_as_released():
     """A later skipprune must recognise today's files in an export (`refresh` runs them only if listed)."""
-    from skipprune.export.remote import NAS_FILES, RELEASED, REMOTE_DIR
+    from skipprune.remote import NAS_FILES, RELEASED, REMOTE_DIR
 
     missing = [n for n in NAS_FILES if hashlib.sha256((REMOTE_DIR / n).read_bytes()).hexdigest() not in RELEASED]
     assert not missing, f"{missing}: run python scripts/record_released_code.py"
@@ -197,19 +197,17 @@ def test_a_plan_whose_cache_fails_is_refused_naming_its_layers(tmp_path, monkeyp
     """Where the cache fails for one pattern of layers only, that plan is refused before anything is written, and
     the family still loses attention elsewhere."""
     from skipprune.errors import PlanError
-    from skipprune.export import anatomy
+    from skipprune.families import check
+    from skipprune.families.refusal import Refusal
 
     src = make_model(tmp_path / "src", "llama")
-    real = anatomy._decodes.__wrapped__
+    real = check._decodes.__wrapped__
 
     def fails_at_first(model_type, config_json, splits):
-        return (
-            "attention: its cache fails with mixer-free layers (X)"
-            if not splits[0][1]
-            else real(model_type, config_json, splits)
-        )
+        failure = Refusal.attention("its cache fails with mixer-free layers (X)", scope="plan")
+        return failure if not splits[0][1] else real(model_type, config_json, splits)
 
-    monkeypatch.setattr(anatomy, "_decodes", fails_at_first)
+    monkeypatch.setattr(check, "_decodes", fails_at_first)
     with pytest.raises(PlanError, match=r"llama: without the attention of layers 0,3, its cache fails .*transformers"):
         skipprune.export(src, tmp_path / "out", PrunePlan(6, {0, 3}, set()))
     assert not (tmp_path / "out").exists()

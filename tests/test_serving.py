@@ -16,9 +16,9 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 import skipprune
 from skipprune.export.nas import engine_ffn_width, ffn_mult_for
-from skipprune.export.remote import is_own_code
 from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
+from skipprune.remote import is_own_code
 
 from common import assert_clean_failure, run
 from tiny import anatomy_of, inputs, make_byte_fallback_tokenizer, make_model

@@ -122,7 +122,7 @@ def test_speed_is_not_timed_from_disk(caplog, tmp_path):
 
 def test_a_model_without_a_block_list_is_refused_in_one_line(monkeypatch):
     from skipprune.export import offload
-    from skipprune.export.anatomy import NoDecoderBlocks
+    from skipprune.families.discover import NoDecoderBlocks
 
     def none(*args, **kwargs):
         raise NoDecoderBlocks("no list of 12 decoder blocks")

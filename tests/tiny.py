@@ -93,8 +93,8 @@ def make_byte_level_tokenizer(folder: Path, text: str, vocab_size: int = 600, ad
 
 
 def anatomy_of(name: str):
-    """The Family skipprune learns from transformers for a tiny `name` model (see skipprune.export.anatomy)."""
-    from skipprune.export.anatomy import family_of
+    """The Family skipprune learns from transformers for a tiny `name` model (see skipprune.families)."""
+    from skipprune.families import family_of
 
     return family_of(AutoConfig.for_model(name, **{**COMMON, **EXTRA.get(name, {})}).to_dict())
 

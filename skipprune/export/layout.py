@@ -12,12 +12,13 @@ import shutil
 from pathlib import Path
 
 from ..errors import PlanError, describe
-from ..prune.families import Family
+from ..families.config import NOT_PER_LAYER, keep_layers, layer_count
+from ..families.discover import blocks_fixed, renumbering_breaks
+from ..prune.family import Family
 from ..prune.plan import PrunePlan, layers_phrase
+from ..remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
 from . import nas
-from .anatomy import NOT_PER_LAYER, blocks_fixed, keep_layers, renumbering_breaks
-from .remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
-from .source import Source, layer_count
+from .source import Source
 from .writer import OutTensor, output_dtype
 
 
@@ -73,7 +74,7 @@ def stock_config(source_config: dict, plan: PrunePlan) -> dict:
 
 def check_renumbering(source_config: dict, plan: PrunePlan, family: Family) -> None:
     """Refuse a plan whose kept weights the output's config would not build as they are (see
-    anatomy.renumbering_breaks)."""
+    families.discover.renumbering_breaks)."""
     if not plan.dropped_blocks:
         return
     kept = [layer.source for layer in plan.layers]

@@ -25,9 +25,9 @@ cannot keep its FFN without its attention: such plans are refused (remove that b
 from __future__ import annotations
 
 from ..errors import PlanError, SourceError
-from ..prune.families import Family
+from ..prune.family import Family
 from ..prune.plan import PrunePlan
-from .remote import NAS_AUTO_MAP
+from ..remote import NAS_AUTO_MAP
 from .source import Source
 from .writer import OutTensor, output_dtype
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .anatomy import blocks_of
+from ..families.discover import locate_blocks
 
 
 def streaming_map(folder: Path, trust_remote_code: bool = False) -> dict[str, str | int]:
@@ -23,7 +23,7 @@ def streaming_map(folder: Path, trust_remote_code: bool = False) -> dict[str, st
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    path, blocks = blocks_of(model)
+    path, blocks = locate_blocks(model)
     outside: str | int = 0 if torch.cuda.is_available() else "disk"
     out: dict[str, str | int] = {}
     node, prefix = model, ""

@@ -31,12 +31,15 @@ from tqdm.auto import tqdm
 
 from ..cards.card import write_card
 from ..errors import OutputError, PlanError, translated
+from ..families import check_config, family_of
+from ..families.check import check_cached_decoding
+from ..families.discover import model_names
 from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.plan import PrunePlan, format_indices, parse_spec
 from ..records import ByteCounts, ExportRecord, NumericCheck, PlanFile, SourceRef, Verification, encode
+from ..remote import NAS_FILES, REMOTE_FILES
 from ..system import Clock, Flusher, available_memory, fsync_path, fsync_tree, placement_options
-from . import anatomy, layout, nas, sidecar, verify
-from .remote import NAS_FILES, REMOTE_FILES
+from . import layout, nas, sidecar, verify
 from .source import TOKENIZER_FILES, Source, config_floats, open_source
 from .writer import parse_size, write_shards
 
@@ -111,7 +114,7 @@ def export(
                     "give either --plan FILE or --drop-attn/--drop-mixer/--drop-mlp/--drop-blocks, not both"
                 )
             searched = PlanFile.load(Path(plan_file))
-        src = open_source(str(source), revision, check_config=anatomy.check_config)
+        src = open_source(str(source), revision, check_config=check_config)
         _check_output(out, src.path, overwrite)
         if searched is not None:
             if why := searched.model.mismatch(src.config, src.label):
@@ -125,7 +128,7 @@ def export(
         else:
             specs = None
         plan.validate(allow_empty=adaptive is not None)
-        family = anatomy.family_of(src.config, split=not plan.blocks_only or adaptive is not None)
+        family = family_of(src.config, split=not plan.blocks_only or adaptive is not None)
         family.check(plan)
         specs = specs or _plan_specs(plan, family)
         if drop_attn:
@@ -144,7 +147,7 @@ def export(
         ignored = verify.check_source(src, family)
         source_config = layout.with_layer_types(src.config)
         layout.check_renumbering(source_config, plan, family)
-        anatomy.check_cached_decoding(source_config, family, plan)
+        check_cached_decoding(source_config, family, plan)
         log.info(
             "%s: %s, %d layers; %s", src.label, family.model_type, src.num_layers, plan.describe(family.mixer_noun)
         )
@@ -154,7 +157,7 @@ def export(
         zero_ffn = nas.zero_ffn_layers(plan) if serving else []
         keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
         # Where the stock class renames weights on load, skipprune's modeling file takes them under the loaded names.
-        rename = anatomy.model_names(src.config) if family.renamed and not stock and not serving else None
+        rename = model_names(src.config) if family.renamed and not stock and not serving else None
         tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
         tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
         command = command or _command(src, out.name, specs, dtype, adaptive, format)

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SourceError, VerificationError, describe, translated
+from ..families.toy import quiet
 from ..records import RECORD_FILE, ExportRecord, Refresh
+from ..remote import OWN_CODE, REMOTE_DIR, released_code
 from ..system import available_memory, fsync_path, write_text_durably
 from ..version import __version__
-from .anatomy import quiet
 from .offload import streaming_map
-from .remote import OWN_CODE, REMOTE_DIR, released_code
 from .source import read_config
 
 
@@ -168,8 +168,8 @@ def _bypassed_source(source: str, record: ExportRecord | None, batch: tuple, dty
     import torch
     from transformers import AutoModelForCausalLM
 
+    from ..families import family_of
     from ..prune.bypass import bypassed
-    from .anatomy import family_of
     from .source import resolve_folder
 
     if record is None:

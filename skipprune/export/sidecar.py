@@ -153,14 +153,14 @@ def _logits(job: dict) -> dict | None:
     read as soon as the export has written it."""
     import threading
 
+    from ..families import family_of
     from ..prune.plan import PrunePlan
-    from . import anatomy
     from .source import open_source
     from .verify import LogitCheck
 
     inbox = _Inbox()
     src = replace(open_source(job["path"]), id=job["id"], revision=job["revision"])
-    family = anatomy.family_of(src.config, split=job["split"])
+    family = family_of(src.config, split=job["split"])
     with LogitCheck(src, PrunePlan.from_dict(job["plan"]), family, job["dtype"], streamed=True) as check:
         # Loaded one after the other (loading sets torch's default dtype for the whole process), run side by side.
         source = check.load_reference()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SourceError, describe
+from ..families.config import LAYER_KEYS, PATTERN_KEYS, layer_count, text_config
 
 # safetensors dtype -> bytes per element
 DTYPE_SIZES = {
@@ -101,27 +102,6 @@ class Source:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
-
-
-# Config keys that count decoder layers (gpt2 says n_layer), in the language model's config of a wrapper.
-LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
-
-
-def text_config(config: dict) -> dict:
-    """The language model's config: `text_config` of a multimodal wrapper, else the config itself."""
-    return config["text_config"] if isinstance(config.get("text_config"), dict) else config
-
-
-# Per-layer patterns that are the layer count where no key counts them (Nemotron-H: one entry per block).
-PATTERN_KEYS = ("layers_block_type",)
-
-
-def layer_count(config: dict) -> int | None:
-    text = text_config(config)
-    count = next((text[k] for k in LAYER_KEYS if type(text.get(k)) is int), None)
-    if count is None and not any(k in text for k in LAYER_KEYS):
-        count = next((len(text[k]) for k in PATTERN_KEYS if isinstance(text.get(k), list) and text[k]), None)
-    return count
 
 
 def open_source(source: str, revision: str | None = None, check_config=None) -> Source:

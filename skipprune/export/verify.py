@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceError, VerificationError, translated
-from ..prune.families import Family
+from ..families.discover import checkpoint_names
+from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from ..records import NumericCheck, StructureCheck
 from ..system import block_progress
-from .anatomy import checkpoint_names
 from .offload import streaming_map
 from .source import Source, index_tensors
 from .writer import OutTensor, convert_bytes

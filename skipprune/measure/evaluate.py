@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from ..cards.card import NOISE_NOTE, fmt, noisy, ratio, score_rows
 from ..errors import MeasureError, PlanError
 from ..export import layout
-from ..prune.families import Family
+from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from ..prune.suggest import Importance
 from ..records import Measurement, Results

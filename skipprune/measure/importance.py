@@ -10,7 +10,7 @@ import math
 from tqdm.auto import tqdm
 
 from ..errors import MeasureError
-from ..prune.families import Family
+from ..prune.family import Family
 from ..prune.suggest import Importance
 from .runner import input_device
 from .stream import LayerMajor, offloaded

@@ -27,7 +27,7 @@ from ..prune.budget import (
     parse_kinds,
     shares,
 )
-from ..prune.families import Family
+from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from ..prune.search import Move, Search
 from ..records import ModelShape, PlanFile, PlanScore, PlanSearch
@@ -206,7 +206,7 @@ def search(
 
 
 def prepared_layers(config: dict) -> int:
-    from ..export.anatomy import layer_count, text_config
+    from ..families.config import layer_count, text_config
 
     return int(layer_count(text_config(config)))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
-from ..prune.families import Family
+from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from .runner import input_device
 from .stream import LayerMajor, _hidden, _with_hidden, held, offloaded

@@ -1,7 +1,7 @@
 """Loading models to measure them: resolve, refuse code that was not opted into, check the model fits, then
 load it with its tokenizer.
 
-Remote code: an export whose code is exactly skipprune's own (see export.remote.is_own_code) is loaded with
+Remote code: an export whose code is exactly skipprune's own (see remote.is_own_code) is loaded with
 trust_remote_code; any other model's own code runs only with trust_remote_code=True. Tokenizers of exports
 are stock and always load without remote code.
 """
@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MeasureError, SourceError, translated
-from ..export.anatomy import NoDecoderBlocks
-from ..export.remote import is_own_code, released_code
 from ..export.source import index_tensors, read_config, resolve_folder
-from ..prune.families import Family
+from ..families.discover import NoDecoderBlocks
+from ..prune.family import Family
+from ..remote import is_own_code, released_code
 from ..system import available_memory
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def prepare_stock(
     prepared = prepare(ref, device, trust_remote_code, spread=spread, streamable=streamable)
     if prepared.config.get("model_type") == "skipprune":
         raise SourceError(f"{ref} is already a skipprune export; use the source model instead")
-    from ..export.anatomy import family_of
+    from ..families import family_of
 
     return prepared, family_of(prepared.config)
 

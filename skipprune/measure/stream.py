@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager, suppress
 
 from tqdm.auto import tqdm
 
-from ..export import anatomy
+from ..families.discover import locate_blocks
 from ..system import return_freed_memory
 
 
@@ -54,7 +54,7 @@ def _stand_in_class():
 
 def blocks_of(model):
     """The decoder blocks of a loaded causal LM (stock, multimodal or a skipprune export)."""
-    return anatomy.blocks_of(model)[1]
+    return locate_blocks(model)[1]
 
 
 def offloaded(model) -> bool:

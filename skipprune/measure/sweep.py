@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..cards.card import NOISE_NOTE, noisy, ratio
-from ..prune.families import Family
+from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from ..prune.suggest import KEEP, KINDS, paper_grid
 from ..records import PerplexityProtocol, encode
@@ -47,7 +47,7 @@ class SweepRow:
 def removed_in_place(model, plan: PrunePlan, family: Family):
     """Within the block, `model` computes what the export of `plan` computes. A removed block keeps its slot
     with both sublayers stubbed (the residual passes through unchanged), so per-layer config lists stay valid."""
-    from ..export.remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
+    from ..remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
 
     saved = []
     for i, layer in enumerate(family.layers(model)):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from .families import Family
+from .family import Family
 from .plan import PrunePlan
 
 

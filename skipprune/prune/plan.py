@@ -122,7 +122,7 @@ class PrunePlan:
         drop_mixer: str | None = None,
     ) -> PrunePlan:
         """`drop_mixer`: token mixers of any kind (attention, linear attention, Mamba, ...); the plan does not tell
-        them from attention, the family does (skipprune.prune.families)."""
+        them from attention, the family does (skipprune.prune.family)."""
 
         def parse(spec):
             return parse_spec(spec, num_layers, keep_last_layer) if spec else frozenset()

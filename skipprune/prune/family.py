@@ -7,7 +7,7 @@ which is attention in some layers and linear attention, a state-space (Mamba) mi
 blocks of each kind split their own way, so the family holds one split per kind of block (`kinds`) and says
 which kind each layer is (`layer_kind`). `at(i)` is the split of layer i.
 
-The values are learnt from transformers' own code for the source at hand (skipprune.export.anatomy), not
+The values are learnt from transformers' own code for the source at hand (skipprune.families), not
 typed by hand, so a family works on the day transformers supports it, or is refused with the reason.
 """
 
