@@ -58,8 +58,7 @@ def set_threads(requested: int | None = None) -> str | None:
     per CPU core other processes leave free. Returns a line to log when that is fewer than torch's default.
 
     Why: torch's threads wait for each other at every operation, so one thread sharing a core with another
-    busy process stalls them all: the demo took 153 s with 2 threads on 2 cores while one core was busy, 62 s
-    with 1 thread."""
+    busy process stalls them all (README: the demo model's timings)."""
     import torch
 
     if requested:

@@ -167,7 +167,7 @@ def test_output_published_meanwhile_is_refused_under_the_lock(tmp_path):
     """The output check is made again once the lock is held, so an export that waited out another one's publish
     fails before writing anything, instead of after a whole export."""
     from skipprune.errors import OutputError
-    from skipprune.export.pipeline import staging
+    from skipprune.export.staging import staging
 
     out = tmp_path / "out"
     out.mkdir()
@@ -231,8 +231,8 @@ def test_every_file_is_flushed_once_before_the_export_appears(src, tmp_path, mon
     """The staging folder is flushed as a whole before its rename, so the small files (records, card) are not
     flushed one by one as they are written: that fsync waited behind the shards' write-back."""
     system = importlib.import_module("skipprune.system")
-    pipeline = importlib.import_module("skipprune.export.pipeline")
-    real_fsync, real_fsync_path, real_publish = os.fsync, system.fsync_path, pipeline._publish
+    staging = importlib.import_module("skipprune.export.staging")
+    real_fsync, real_fsync_path, real_publish = os.fsync, system.fsync_path, staging._publish
     flushed, calls, published = [], [], []
 
     def fsync_path(path):
@@ -244,9 +244,9 @@ def test_every_file_is_flushed_once_before_the_export_appears(src, tmp_path, mon
         real_publish(tmp, out, overwrite)
 
     monkeypatch.setattr(system, "fsync_path", fsync_path)
-    monkeypatch.setattr(pipeline, "fsync_path", fsync_path)  # (its own name for it: the folder above, last)
+    monkeypatch.setattr(staging, "fsync_path", fsync_path)  # (its own name for it: the folder above, last)
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
-    monkeypatch.setattr(pipeline, "_publish", publish)
+    monkeypatch.setattr(staging, "_publish", publish)
     res = CliRunner().invoke(main, ["export", str(src), str(tmp_path / "o"), "--drop-attn", "1"])
     assert res.exit_code == 0, res.output
     files = sorted(p.name for p in (tmp_path / "o").iterdir())

@@ -31,10 +31,7 @@ from ..errors import VerificationError, describe
 # again), and the figures are drawn in the export's own process.
 OVERLAP_BYTES = 1 << 30
 # The logit check's child pays off once the source is too large for the copy to come from the page cache
-# alone. Measured on 2 cores (benchmarks/): at 2 GiB it gained nothing (28.3 s against 27.6 s in one process;
-# the copy took 2 s and hid nothing); at 7 GB the export took 46 s against 68 s, at 13.5 GB 97 s against 120 s.
-# On a machine whose bf16 products were 15 times faster: 12.5 s against 11.7 s at 7 GB, 18.3 s against 23.2 s
-# at 13.5 GB.
+# alone: below that the copy is too short to hide anything behind (README: Benchmarks, export speed).
 LOGITS_OVERLAP_BYTES = 4 << 30
 
 

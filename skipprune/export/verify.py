@@ -95,8 +95,8 @@ class ByteCheck:
     found each tensor, for `verify_structure` to check against the shard headers.
 
     `behind=True`: the comparisons run in a thread at most `_LAG` tensors behind the copy, which meanwhile
-    mostly waits for the disk to take its writes (a 7B export: 2.5 s of comparing hidden under 10 s of
-    copying); a difference is raised by the next call, or by `finish()`, which waits for the last ones."""
+    mostly waits for the disk to take its writes; a difference is raised by the next call, or by `finish()`,
+    which waits for the last ones."""
 
     def __init__(self, changed: frozenset[str] = frozenset(), behind: bool = False):
         self.changed, self.fds, self.seen = changed, {}, {}
@@ -447,6 +447,6 @@ def _blame_source_values(source: Source) -> None:
 def fits_in_memory(src: Source, available: int) -> bool:
     """Whether the in-memory check (both models upcast to fp32) is the better path: the two fp32 copies must
     take at most 2 GiB and half the free memory. Above that, streaming from disk is faster as well as
-    smaller (measured on a 1.1B checkpoint: 6.3 s and 0.6 GiB against 12.5 s and 6.5 GiB)."""
+    smaller (README: Limits)."""
     params = sum(math.prod(t.shape) for t in src.tensors.values())
     return 2 * params * 4 <= min(2 * 2**30, available // 2)

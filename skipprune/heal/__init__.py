@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MeasureError, PlanError
-from ..export import pipeline
 from ..export.source import index_tensors
+from ..export.staging import check_output, check_output_parent, publish, staging
 from ..export.verify import verify_structure
 from ..export.writer import INDEX_NAME, OutTensor
 from ..measure.perplexity import perplexity
@@ -101,8 +101,8 @@ def heal(
     folder = Path(pruned)
     record = ExportRecord.load(folder)
     out = Path(output).expanduser().absolute()
-    pipeline._check_output_parent(out)
-    pipeline._check_output(out, folder.resolve(), overwrite)
+    check_output_parent(out)
+    check_output(out, folder.resolve(), overwrite)
     if text == "bundled":
         raise MeasureError(
             "the bundled text is the held-out split skipprune scores on: heal on another text (--text FILE)"
@@ -270,7 +270,7 @@ def _write(
     from ..cards.card import write_card
 
     written = index_tensors(folder)
-    with pipeline.staging(out, overwrite) as tmp:
+    with staging(out, overwrite) as tmp:
         for item in folder.iterdir():
             if item.is_file() and item.suffix != ".safetensors" and item.name not in (INDEX_NAME, RESULTS_FILE):
                 shutil.copyfile(item, tmp / item.name)
@@ -295,7 +295,7 @@ def _write(
         healed = dataclasses.replace(record, healing=healing, verification=verification)
         healed.save(tmp, flush=False)  # (publish flushes the whole folder)
         write_card(tmp, healed, None, name=out.name, flush=False)
-        pipeline.publish(tmp, out, overwrite)
+        publish(tmp, out, overwrite)
     return healed
 
 
