@@ -13,7 +13,7 @@ import skipprune
 from skipprune.cli import main
 from skipprune.measure.importance import measure_importance
 from skipprune.measure.perplexity import perplexity
-from skipprune.measure.sweep import removed_in_place
+from skipprune.prune.bypass import removed_in_place
 from skipprune.prune.plan import PrunePlan
 from skipprune.prune.suggest import paper_grid, parse_target, suggest
 

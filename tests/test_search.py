@@ -17,8 +17,8 @@ from skipprune.data import DEMO_MODEL, HELDOUT
 from skipprune.errors import PlanError, RecordError
 from skipprune.measure.planning import model_costs
 from skipprune.measure.prefix import PrefixObjective, _batch_bounds
-from skipprune.measure.sweep import removed_in_place
 from skipprune.prune.budget import Budget, amount, met, parse_budget, parse_budgets, parse_keep, parse_kinds, target
+from skipprune.prune.bypass import removed_in_place
 from skipprune.prune.plan import PrunePlan
 from skipprune.prune.search import Move, Search
 from skipprune.records import ExportRecord, PlanFile

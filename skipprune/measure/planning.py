@@ -27,6 +27,7 @@ from ..prune.budget import (
     parse_kinds,
     shares,
 )
+from ..prune.bypass import removed_in_place
 from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from ..prune.search import Move, Search
@@ -37,7 +38,6 @@ from .perplexity import perplexity
 from .prefix import OBJECTIVES, PrefixObjective
 from .runner import load_model, pick_device, prepare_stock
 from .speed import count_params
-from .sweep import removed_in_place
 from .text import calibration_note, overlap, read_text, token_windows
 
 log = logging.getLogger(__name__)

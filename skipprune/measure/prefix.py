@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from contextlib import ExitStack
 
+from ..prune.bypass import removed_in_place
 from ..prune.family import Family
 from ..prune.plan import PrunePlan
 from .runner import input_device
-from .stream import LayerMajor, _hidden, _with_hidden, held, offloaded
-from .sweep import removed_in_place
+from .stream import LayerMajor, block_input, held, offloaded, with_block_input
 
 OBJECTIVES = ("kl", "perplexity")
 
@@ -70,7 +70,7 @@ class PrefixObjective:
             self.inputs = self.runner.record(first)
         self._stack.enter_context(self.runner.head_held())
         # states[l][b]: the hidden states entering block l (l = n: leaving the last block), current plan
-        self.states: list[list] = [[_hidden(*self.inputs[0][b]) for b in range(len(self.batches))]]
+        self.states: list[list] = [[block_input(*self.inputs[0][b]) for b in range(len(self.batches))]]
         self.states += [[None] * len(self.batches) for _ in range(self.n)]
         self.plan = PrunePlan(self.n)
         self._propagate(self.plan, 0)
@@ -126,7 +126,7 @@ class PrefixObjective:
             if j not in gone:  # a removed block hands its input on unchanged
                 with held(self.blocks[j]):
                     for b in hidden:
-                        args, kwargs = _with_hidden(*self.inputs[j][b], hidden[b])
+                        args, kwargs = with_block_input(*self.inputs[j][b], hidden[b])
                         out = self.blocks[j](*args, **kwargs)
                         hidden[b] = out[0] if isinstance(out, tuple) else out
                         self.block_runs += len(self.batches[b])

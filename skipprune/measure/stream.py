@@ -89,11 +89,11 @@ def held(module, own_only: bool = False):
             return_freed_memory()
 
 
-def _hidden(args, kwargs):
+def block_input(args, kwargs):
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _with_hidden(args, kwargs, hidden):
+def with_block_input(args, kwargs, hidden):
     if args:
         return (hidden, *args[1:]), kwargs
     return args, {**kwargs, "hidden_states": hidden}
@@ -156,7 +156,7 @@ class LayerMajor:
                 inputs[i][b] = (args, kwargs)
                 if i == n - 1 or form is None:
                     raise _Stop
-                return form(_hidden(args, kwargs))
+                return form(block_input(args, kwargs))
 
             return act
 
@@ -177,12 +177,12 @@ class LayerMajor:
         first = ExitStack()  # block 0 runs once to learn the output form, then again for every batch
         with torch.no_grad(), first:
             inputs = self.record(first)
-            hidden = [_hidden(*inputs[0][b]) for b in range(len(self.batches))]
+            hidden = [block_input(*inputs[0][b]) for b in range(len(self.batches))]
             with tqdm(total=n, desc=self.desc, unit="block", disable=None, leave=False) as bar:
                 for i, block in enumerate(self.blocks):
                     with held(block):  # (block 0: held already)
                         for b in range(len(self.batches)):
-                            args, kwargs = _with_hidden(*inputs[i][b], hidden[b])
+                            args, kwargs = with_block_input(*inputs[i][b], hidden[b])
                             out = block(*args, **kwargs)
                             y = out[0] if isinstance(out, tuple) else out
                             if observe:
@@ -198,7 +198,7 @@ class LayerMajor:
         """Batch b's logits from the model's own tail (norm, head, logit scaling) on its final hidden states
         `final`; call inside `torch.no_grad()` and `head_held()`."""
         n, form = len(self.blocks), self.form
-        acts = [lambda a, k: form(final)] + [lambda a, k: form(_hidden(a, k))] * (n - 1)
+        acts = [lambda a, k: form(final)] + [lambda a, k: form(block_input(a, k))] * (n - 1)
         with self._standing(acts):
             return self._forward(self.batches[b]).logits
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import logging
 import statistics
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..cards.card import NOISE_NOTE, noisy, ratio
+from ..prune.bypass import removed_in_place
 from ..prune.family import Family
-from ..prune.plan import PrunePlan
 from ..prune.suggest import KEEP, KINDS, paper_grid
 from ..records import PerplexityProtocol, encode
 from . import speed
@@ -41,26 +40,6 @@ class SweepRow:
         return (
             self.one_token_s / self.full_model_one_token_s if self.one_token_s and self.full_model_one_token_s else None
         )
-
-
-@contextmanager
-def removed_in_place(model, plan: PrunePlan, family: Family):
-    """Within the block, `model` computes what the export of `plan` computes. A removed block keeps its slot
-    with both sublayers stubbed (the residual passes through unchanged), so per-layer config lists stay valid."""
-    from ..remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
-
-    saved = []
-    for i, layer in enumerate(family.layers(model)):
-        for sublayer, gone in (("attention", plan.drop_attention), ("mlp", plan.drop_mlp)):
-            if i in gone:
-                names = getattr(family.at(i), sublayer)
-                saved += [(layer, n, getattr(layer, n)) for n in names]
-                remove_sublayer(layer, list(names), family.at(i).returns_of(sublayer))
-    try:
-        yield model
-    finally:
-        for layer, name, module in saved:
-            setattr(layer, name, module)
 
 
 def run_sweep(model, family: Family, measure_point, with_speed: bool = True) -> list[SweepRow]:

@@ -1,9 +1,10 @@
-"""Bypass sublayers or whole blocks of a loaded stock model in memory, without touching its weights.
+"""Sublayers or whole blocks of a loaded stock model removed in memory, two ways.
 
-The reference semantics of "removed": the sublayer still runs, but what it adds to the residual stream is
-zero (a forward hook on the child whose output is added); a removed block still runs, but hands on its input
-unchanged. Export verification compares the physically pruned checkpoint against this, so the two are
-computed by independent mechanisms. torch is only needed once a hook fires.
+`bypassed`, the reference semantics of "removed": the sublayer still runs, but what it adds to the residual
+stream is zero (a forward hook on the child whose output is added); a removed block still runs, but hands on its
+input unchanged. `removed_in_place`: what the export computes, with the exported modeling file's own stubs.
+Export verification compares the physically pruned checkpoint against the first, so the two are computed by
+independent mechanisms. torch is only needed once a hook fires or a stub is made.
 """
 
 from __future__ import annotations
@@ -42,3 +43,23 @@ def bypassed(model, plan: PrunePlan, family: Family):
     finally:
         for h in handles:
             h.remove()
+
+
+@contextmanager
+def removed_in_place(model, plan: PrunePlan, family: Family):
+    """Within the block, `model` computes what the export of `plan` computes. A removed block keeps its slot
+    with both sublayers stubbed (the residual passes through unchanged), so per-layer config lists stay valid."""
+    from ..remote.modeling_skipprune import remove_sublayer  # imports torch and transformers
+
+    saved = []
+    for i, layer in enumerate(family.layers(model)):
+        for sublayer, gone in (("attention", plan.drop_attention), ("mlp", plan.drop_mlp)):
+            if i in gone:
+                names = getattr(family.at(i), sublayer)
+                saved += [(layer, n, getattr(layer, n)) for n in names]
+                remove_sublayer(layer, list(names), family.at(i).returns_of(sublayer))
+    try:
+        yield model
+    finally:
+        for layer, name, module in saved:
+            setattr(layer, name, module)
