@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from .errors import RecordError
+from .families.config import text_config
 from .prune.plan import PrunePlan
 from .prune.search import Step
 from .system import write_text_durably
@@ -167,7 +168,7 @@ class ModelShape:
 
     def mismatch(self, config: dict, label: str) -> str | None:
         """Why a model of `config` is not this one, or None."""
-        text = config.get("text_config", config)
+        text = text_config(config)
         theirs = {
             "model_type": config.get("model_type"),
             "num_layers": text.get("num_hidden_layers", text.get("n_layer")),

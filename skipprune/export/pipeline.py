@@ -31,7 +31,7 @@ from ..families import check_config, family_of
 from ..families.check import check_cached_decoding
 from ..families.discover import model_names
 from ..prune.adaptive import check_layers, parse_adaptive
-from ..prune.plan import PrunePlan, format_indices, parse_spec
+from ..prune.plan import PrunePlan, parse_spec
 from ..records import ByteCounts, ExportRecord, NumericCheck, PlanFile, SourceRef, Verification, encode
 from ..remote import NAS_FILES, REMOTE_FILES
 from ..system import Clock, Flusher, available_memory, placement_options
@@ -304,11 +304,10 @@ def _verify(
 
 
 def _plan_specs(plan: PrunePlan, family) -> tuple:
-    """The --drop-* SPECs of a plan: --drop-attn for attention, --drop-mixer for other token mixers."""
-    attn_only, mlp_only = plan.drop_attention - plan.drop_mlp, plan.drop_mlp - plan.drop_attention
-    mixers = set(family.not_attention(attn_only)) if family.kinds or family.mixer != "attention" else set()
-    spec = [format_indices(s) if s else None for s in (attn_only - mixers, mlp_only, plan.dropped_blocks, mixers)]
-    return spec[0], spec[1], spec[2], False, spec[3]
+    """The --drop-* SPECs of a plan (see PrunePlan.drop_specs), in `export`'s argument order."""
+    mixers = set(family.not_attention(plan.drop_attention)) if family.kinds or family.mixer != "attention" else set()
+    specs = plan.drop_specs(mixers)
+    return specs.get("drop_attn"), specs.get("drop_mlp"), specs.get("drop_blocks"), False, specs.get("drop_mixer")
 
 
 def _command(src: Source, name: str, specs, dtype: str, adaptive: dict | None, format: str) -> str:

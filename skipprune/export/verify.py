@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceError, VerificationError, translated
+from ..families.config import text_config
 from ..families.discover import checkpoint_names
 from ..prune.family import Family
 from ..prune.plan import PrunePlan
@@ -273,7 +274,7 @@ class LogitCheck:
         self.source, self.plan, self.family, self.dtype = source, plan, family, dtype
         self.streamed, self.dispatch = streamed, dispatch
         config = source.config
-        vocab = int(config.get("vocab_size") or config.get("text_config", {}).get("vocab_size"))
+        vocab = int(config.get("vocab_size") or text_config(config).get("vocab_size"))
         self.ids = torch.randint(0, vocab, (2, tokens), generator=torch.Generator().manual_seed(0))
         self.mask = torch.ones_like(self.ids)
         self.mask[1, : tokens // 4] = 0  # left padding in the second row

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..errors import MeasureError, PlanError
 from ..export import layout, nas
+from ..families.config import layer_count, text_config
 from ..prune.budget import (
     Costs,
     check_reachable,
@@ -150,7 +151,7 @@ def search(
 
         found = Search(measured, costs, budgets, candidate_kinds, keep_layers, allowed, tick, screen or None)
         outcome = found.run(swap=swap)
-        shape_config = prepared.config.get("text_config", prepared.config)
+        shape_config = text_config(prepared.config)
         head = int(shape_config.get("vocab_size") or 0) * int(shape_config.get("hidden_size") or 0)
         forward_equivalents = measured.forward_equivalents(sum(costs.block_params) / costs.num_layers, head)
         evaluations = found.evaluations
@@ -206,7 +207,6 @@ def search(
 
 
 def prepared_layers(config: dict) -> int:
-    from ..families.config import layer_count, text_config
 
     return int(layer_count(text_config(config)))
 
@@ -224,7 +224,7 @@ def peak_memory() -> int | None:
 def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: int, serving: bool) -> Costs:
     """Parameters of each layer's attention, MLP and block, counted on the loaded model, and the prefill FLOPs of
     skipprune.prune.budget's cost model."""
-    text = config.get("text_config", config)
+    text = text_config(config)
     layers = family.layers(model)
 
     def params(layer, names) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import MeasureError, SourceError, translated
 from ..export.source import index_tensors, read_config, resolve_folder
+from ..families.config import text_config
 from ..families.discover import NoDecoderBlocks
 from ..prune.family import Family
 from ..remote import is_own_code, released_code
@@ -40,12 +41,12 @@ class Prepared:
 
     @property
     def max_positions(self) -> int:
-        config = self.config.get("text_config", self.config)
+        config = text_config(self.config)
         return int(config.get("max_position_embeddings") or 2048)
 
     @property
     def vocab_size(self) -> int | None:
-        return self.config.get("text_config", self.config).get("vocab_size")
+        return text_config(self.config).get("vocab_size")
 
 
 def pick_device(device: str) -> str:

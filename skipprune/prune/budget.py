@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import PlanError
-from .plan import PrunePlan
+from .plan import PrunePlan, parse_spec
 
 KINDS = ("attention", "mlp", "block")
 _BUDGET_HELP = "use params:P%, attn:P% (or kv:P%), mlp:P%, latency:P% or blocks:N, e.g. attn:33%"
@@ -86,25 +86,18 @@ def parse_kinds(text: str | None, budgets: list[Budget] = ()) -> tuple[str, ...]
 
 
 def parse_keep(text: str | None, num_layers: int) -> frozenset[int]:
-    """'first:N,last:N' (either or both; also plain indices and ranges) -> layers never removed."""
+    """'first:N,last:N' (either or both; also any SPEC item: indices, ranges, last:P%) -> layers never removed."""
     if not text:
         return frozenset()
     kept: set[int] = set()
     for part in text.replace(" ", "").split(","):
-        m = re.fullmatch(r"(first|last):(\d+)", part)
-        if m:
-            count = int(m.group(2))
-            if count > num_layers:
-                raise PlanError(f"--keep {text!r}: {part} asks for more than the model's {num_layers} layers")
-            kept |= set(range(count)) if m.group(1) == "first" else set(range(num_layers - count, num_layers))
-        elif re.fullmatch(r"\d+(-\d+)?", part):
-            lo, _, hi = part.partition("-")
-            a, b = int(lo), int(hi or lo)
-            if a > b or b >= num_layers:
-                raise PlanError(f"--keep {text!r}: {part} is not a range of layers 0-{num_layers - 1}")
-            kept |= set(range(a, b + 1))
-        else:
-            raise PlanError(f"bad --keep {text!r}: use first:N, last:N or layer indices, e.g. first:2,last:2")
+        first = re.fullmatch(r"first:(\d+)", part)
+        if first and int(first.group(1)) > num_layers:
+            raise PlanError(f"--keep {text!r}: {part} asks for more than the model's {num_layers} layers")
+        try:
+            kept |= set(range(int(first.group(1)))) if first else parse_spec(part, num_layers)
+        except PlanError as e:
+            raise PlanError(f"bad --keep {text!r}: {e}; e.g. first:2,last:2") from None
     return frozenset(kept)
 
 

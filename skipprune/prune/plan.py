@@ -168,6 +168,20 @@ class PrunePlan:
     def output_index(self, source: int) -> int | None:
         return next((layer.output for layer in self.layers if layer.source == source), None)
 
+    def drop_specs(self, other_mixers=frozenset()) -> dict[str, str]:
+        """The export options that carry this plan out, in command-line order, only those it needs: sublayers
+        as --drop-attn (or --drop-mixer for the `other_mixers` layers, whose token mixer is not attention) and
+        --drop-mlp, whole blocks as --drop-blocks. {'drop_attn': '1,3', 'drop_blocks': '7', ...}"""
+        attn_only, mlp_only = self.drop_attention - self.drop_mlp, self.drop_mlp - self.drop_attention
+        other = attn_only & set(other_mixers)
+        layers = {
+            "drop_attn": attn_only - other,
+            "drop_mixer": other,
+            "drop_mlp": mlp_only,
+            "drop_blocks": self.dropped_blocks,
+        }
+        return {option: format_indices(chosen) for option, chosen in layers.items() if chosen}
+
     def validate(self, allow_empty: bool = False) -> PrunePlan:
         if not self.drop_attention and not self.drop_mlp and not allow_empty:
             raise PlanError("empty plan: nothing to remove; pass --drop-attn, --drop-mlp or --drop-blocks")

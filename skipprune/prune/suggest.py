@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import PlanError
-from .plan import PrunePlan, format_indices
+from .plan import PrunePlan
 
 
 @dataclass
@@ -80,17 +80,9 @@ class Suggestion:
         """The export command; `mixers` (Importance.mixers) sends layers whose mixer is not attention to
         --drop-mixer."""
         parts = ["skipprune", "export", model, output]
-        attn_only = self.plan.drop_attention - self.plan.drop_mlp
-        mlp_only = self.plan.drop_mlp - self.plan.drop_attention
-        other = {i for i in attn_only if mixers and mixers[i] != "attention"}
-        for flag, layers in (
-            ("--drop-attn", attn_only - other),
-            ("--drop-mixer", other),
-            ("--drop-mlp", mlp_only),
-            ("--drop-blocks", self.plan.dropped_blocks),
-        ):
-            if layers:
-                parts += [flag, format_indices(layers)]
+        other = {i for i, mixer in enumerate(mixers) if mixer != "attention"}
+        for option, spec in self.plan.drop_specs(other).items():
+            parts += ["--" + option.replace("_", "-"), spec]
         return " ".join(parts)
 
 
