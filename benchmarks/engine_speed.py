@@ -168,12 +168,12 @@ def ideal(source: Path, plan, prompt: int) -> dict[str, float]:
     model = source_model(source)
     out = {}
     for t in PROMPTS:
-        costs = model_costs(model, family, config, t, 1, False)
+        costs = model_costs(model, family, config, t, 1, "default")
         out[f"prompt {t}"] = 1 / (1 - shares(plan, costs)["latency"])
     text = config.get("text_config", config)
     heads, hidden = int(text["num_attention_heads"]), int(text["hidden_size"])
     head_dim = int(text.get("head_dim") or hidden // heads)
-    costs = model_costs(model, family, config, 1, 1, False)
+    costs = model_costs(model, family, config, 1, 1, "default")
     attention = [2 * p + 4 * prompt * heads * head_dim for p in costs.attention_params]
     mlp = [2 * p for p in costs.mlp_params]
     head = 2 * int(text["vocab_size"]) * hidden

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 
+from . import formats
 from .errors import SkippruneError, describe
 
 SPEC_HELP = "SPEC: last:N, last:P% or indices/ranges like 20-31,5 (0-based, source numbering)"
@@ -251,7 +252,7 @@ def _quiet_loading_bars(hf_logging) -> None:
 )
 @click.option(
     "--format",
-    type=click.Choice(["default", "nemotron-nas"]),
+    type=click.Choice(formats.OPTIONS),
     default="default",
     show_default=True,
     help="nemotron-nas: NVIDIA's DeciLM layout, which vLLM, SGLang, TensorRT-LLM and llama.cpp serve natively "
@@ -596,7 +597,7 @@ def _importance_table(imp) -> str:
 @click.option("--eval-seq-len", type=click.IntRange(min=2), default=256, show_default=True)
 @click.option(
     "--format",
-    type=click.Choice(["default", "nemotron-nas"]),
+    type=click.Choice(formats.OPTIONS),
     default="default",
     show_default=True,
     help="nemotron-nas: propose only what the serving engines run, counting the stand-in FFNs' cost.",

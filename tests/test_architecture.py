@@ -21,14 +21,15 @@ STAGES = {
     "prune": 1,
     "families": 2,  # the family study, which export and measure both use
     "records": 3,
-    "cards": 4,
-    "export": 5,
-    "measure": 6,
-    "heal": 7,
-    "demo": 8,
-    "cli": 9,
-    "__init__": 10,
-    "__main__": 10,  # python -m skipprune (launchers): the command itself
+    "formats": 4,  # the output formats, which the card, the export, search and heal ask
+    "cards": 5,
+    "export": 6,
+    "measure": 7,
+    "heal": 8,
+    "demo": 9,
+    "cli": 10,
+    "__init__": 11,
+    "__main__": 11,  # python -m skipprune (launchers): the command itself
 }
 
 

@@ -148,7 +148,7 @@ def _trace(search_outcome):
 def test_each_step_equals_brute_force(budget, kinds, family_sources):
     model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
     windows = calibration()
-    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, False)
+    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, "default")
     budgets = parse_budgets(budget)
     kinds_ = parse_kinds(kinds, budgets)
     full = FullForwards(model, fam, windows)
@@ -177,7 +177,7 @@ def test_each_step_equals_brute_force(budget, kinds, family_sources):
 def test_the_swap_pass_only_improves_and_keeps_the_budget(family_sources):
     model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
     windows = calibration(seed=3)
-    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, False)
+    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, "default")
     budgets = parse_budgets("attn:50%")
     full = FullForwards(model, fam, windows)
     with PrefixObjective(model, fam, windows) as prefix:
@@ -195,7 +195,7 @@ def test_the_swap_pass_only_improves_and_keeps_the_budget(family_sources):
 def test_screening_with_room_for_every_candidate_is_greedy(family_sources):
     model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
     windows = calibration()
-    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, False)
+    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, "default")
     budgets = parse_budgets("attn:50%")
     with PrefixObjective(model, fam, windows) as prefix:
         exact = Search(prefix, costs, budgets, ("attention",)).run(swap=False)
@@ -211,7 +211,7 @@ def test_one_shot_measures_every_candidate_alone_in_full(family_sources):
     every window, lowest first; measured after any search, whatever plan the objective holds then."""
     model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
     windows = calibration()
-    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, False)
+    costs = model_costs(model, fam, {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}, 64, 1, "default")
     budgets = parse_budgets("params:30%")
     full = FullForwards(model, fam, windows)
     with PrefixObjective(model, fam, windows) as prefix:
@@ -227,7 +227,7 @@ def test_budgets_kinds_keep_and_serving_constraints(family_sources):
     model, fam = loaded(family_sources["llama"]), anatomy_of("llama")
     windows = calibration()
     config = {"hidden_size": 32, "num_attention_heads": 4, "vocab_size": 128}
-    costs = model_costs(model, fam, config, 64, 1, False)
+    costs = model_costs(model, fam, config, 64, 1, "default")
     budgets = parse_budgets(["params:20%", "attn:34%"])  # several at once: all met
     keep = parse_keep("first:1,last:1", 6)
     with PrefixObjective(model, fam, windows) as prefix:
@@ -237,16 +237,16 @@ def test_budgets_kinds_keep_and_serving_constraints(family_sources):
     assert len(plan.drop_attention) >= target(Budget("attn", 0.34), 6) == 2
     assert not (plan.drop_attention | plan.drop_mlp) & {0, 5}
     # the serving format: output layer 0 never loses attention while keeping its MLP; stand-in FFNs are counted
-    serving = model_costs(model, fam, config, 64, 1, True)
+    serving = model_costs(model, fam, config, 64, 1, "nemotron-nas")
     assert serving.stand_in_params == 3 * 256 * 32
     mlp_only = PrunePlan(6, set(), {2})
     assert serving.removed_params(mlp_only) == costs.removed_params(mlp_only) - 3 * 256 * 32
 
-    from skipprune.export import nas
+    from skipprune.formats.nemotron_nas import NemotronNas
 
     def allowed(p):
         try:
-            nas.check({"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 256}, p, fam, None)
+            NemotronNas().check({"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 256}, p, fam, None)
         except PlanError:
             return False
         return True

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import skipprune
-from skipprune.export.nas import engine_ffn_width, ffn_mult_for
+from skipprune.formats.nemotron_nas import engine_ffn_width, ffn_mult_for
 from skipprune.prune.bypass import bypassed
 from skipprune.prune.plan import PrunePlan
 from skipprune.remote import is_own_code

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import formats
 from ..prune.plan import PrunePlan, format_indices, layers_phrase
 from ..records import ExportRecord, Measurement, PlanSearch, Results
 from ..system import write_text_durably
@@ -188,45 +189,8 @@ def _importance(present: bool) -> str:
     )
 
 
-_SERVING = """\
-This folder is in NVIDIA's DeciLM "nemotron-nas" layout: `config.json` has one `block_configs` entry per layer
-(`no_op` for a removed attention or FFN), which serving engines read natively; the engines ask for
-`--trust-remote-code` only to build the config object from `configuration_skipprune_nas.py`.
-
-```
-vllm serve {name} --trust-remote-code
-python -m sglang.launch_server --model-path {name} --trust-remote-code
-trtllm-serve {name}
-# llama.cpp: convert (the script ships with llama.cpp), then run the GGUF
-python convert_hf_to_gguf.py {name} --outfile {short}.gguf
-llama-cli -m {short}.gguf
-```
-{zero}
-In transformers it loads with `trust_remote_code=True` (`modeling_skipprune_nas.py`: the stock Llama decoder with
-the removed sublayers skipped)."""
-
-
 def _load_note(record: ExportRecord, name: str) -> str:
-    if record.format == "nemotron-nas":
-        zero = (
-            f"\nOutput {layers_phrase(record.zero_ffn_layers)} "
-            + (
-                "keeps its attention but lost its MLP; it holds"
-                if len(record.zero_ffn_layers) == 1
-                else "keep their attention but lost their MLP; each holds"
-            )
-            + " an all-zero 256-wide FFN, because llama.cpp's DeciLM graph drops the attention output of a layer "
-            "without FFN. Its output is exactly zero in every engine.\n"
-            if record.zero_ffn_layers
-            else ""
-        )
-        return _SERVING.format(name=name, short=name.rsplit("/", 1)[-1], zero=zero)
-    if record.stock:
-        return "Only whole blocks were removed, so this is the stock architecture: no remote code is needed."
-    return (
-        "The model ships a short modeling file (`modeling_skipprune.py`, torch + transformers only) that runs the "
-        "stock decoder with the removed sublayers skipped; load it with `trust_remote_code=True`."
-    )
+    return formats.of_export(record.architecture).card_note(record, name)
 
 
 def _verification(record: ExportRecord) -> str:
@@ -271,7 +235,7 @@ def _search(search: PlanSearch | None) -> str:
     if search is None:
         return ""
     keep = f", {layers_phrase(search.keep)} never touched" if search.keep else ""
-    fmt_note = ", only what the serving engines run" if search.format == "nemotron-nas" else ""
+    fmt_note = formats.of_option(search.format).search_note
     objective = (
         "KL divergence from the source's next-token distribution"
         if search.objective == "kl"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import formats
 from ..errors import OutputError, PlanError, SourceError
 from ..system import fsync_path
 
@@ -50,7 +51,7 @@ def check_export(folder: Path) -> dict:
         raise SourceError(f"{folder} has no config.json: give the folder `skipprune export` wrote") from None
     except (OSError, ValueError) as e:
         raise SourceError(f"{folder}/config.json cannot be read ({e}); export the model again") from None
-    if config.get("model_type") == "skipprune":
+    if "llama.cpp" not in formats.of_config(config).engines:
         raise PlanError(
             f"{folder.name} runs removed sublayers through skipprune's own modeling code, which llama.cpp does not "
             "have: export again with --format nemotron-nas (llama and mistral sources), or remove whole blocks only"

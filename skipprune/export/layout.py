@@ -14,10 +14,10 @@ from pathlib import Path
 from ..errors import PlanError, describe
 from ..families.config import NOT_PER_LAYER, keep_layers, layer_count
 from ..families.discover import blocks_fixed, renumbering_breaks
+from ..formats.nemotron_nas import ZERO_FFN_WIDTH as STAND_IN_WIDTH
 from ..prune.family import Family
 from ..prune.plan import PrunePlan, layers_phrase
-from ..remote import AUTO_MAP, REMOTE_DIR, REMOTE_FILES
-from . import nas
+from ..remote import REMOTE_DIR, REMOTE_FILES
 from .source import Source
 from .writer import OutTensor, output_dtype
 
@@ -95,72 +95,30 @@ def check_renumbering(source_config: dict, plan: PrunePlan, family: Family) -> N
         )
 
 
-def output_config(
-    source_config: dict,
-    plan: PrunePlan,
-    family: Family,
-    dtype: str,
-    adaptive: dict | None = None,
-    serving: bool = False,
-) -> dict:
-    """config.json of the output: the serving format when asked, else the stock family when only whole blocks go
-    (and no adaptive FFN skipping), else the skipprune wrapper."""
+def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: str, fmt, adaptive=None) -> dict:
+    """config.json of the output in the format `fmt` (skipprune.formats), from the stock config of the kept
+    blocks, converted to `dtype`."""
     text = stock_config(source_config, plan)
     if dtype != "auto":
         text["dtype"] = dtype
         text.pop("torch_dtype", None)
-    if serving:
-        return nas.output_config(text, plan)
-    if plan.blocks_only and adaptive is None:
-        return text
-    layers = plan.layers
-    return {
-        "model_type": "skipprune",
-        "architectures": ["SkipPruneForCausalLM"],
-        "auto_map": dict(AUTO_MAP),
-        "layer_has_attention": [layer.attention for layer in layers],
-        "layer_has_mlp": [layer.mlp for layer in layers],
-        "source_layer_index": [layer.source for layer in layers],
-        "source_num_hidden_layers": plan.num_layers,
-        **(_kind_fields(family, layers) or _split_fields(family)),
-        **_mixer_field(family, layers),
-        "decoder_layers": family.layers_path,
-        "adaptive_ffn_skip": adaptive,
-        "tie_word_embeddings": bool(text.get("tie_word_embeddings", False)),
-        "dtype": text.get("dtype") or text.get("torch_dtype"),
-        "text_config": {
-            k: v for k, v in text.items() if k not in ("architectures", "auto_map", "transformers_version")
-        },
-    }
+    return fmt.config(text, plan, family, adaptive)
 
 
-def _split_fields(split: Family) -> dict:
-    return {
-        "attention_modules": list(split.attention),
-        "mlp_modules": list(split.mlp),
-        "mlp_input_module": split.mlp_in,
-        "mlp_output_module": split.mlp_out,
-        "attention_returns": split.returns_of("attention"),
-        "mlp_returns": split.returns_of("mlp"),
-    }
-
-
-def _mixer_field(family: Family, layers) -> dict:
-    """The token mixer each output layer kept (null: removed), where it is not always attention."""
-    if family.mixer_noun == "attention":
-        return {}
-    return {"layer_mixer": [family.at(layer.source).mixer if layer.attention else None for layer in layers]}
-
-
-def _kind_fields(family: Family, layers) -> dict:
-    """A hybrid's kinds of block and the kind of each output layer."""
-    if not family.kinds:
-        return {}
-    used = sorted({family.layer_kind[layer.source] for layer in layers})
-    return {
-        "layer_kinds": [{"mixer": family.kinds[k].mixer, **_split_fields(family.kinds[k])} for k in used],
-        "layer_kind": [used.index(family.layer_kind[layer.source]) for layer in layers],
-    }
+def stand_in_tensors(src: Source, plan: PrunePlan, family: Family, dtype: str, layers: list[int]) -> list[OutTensor]:
+    """The all-zero 256-wide FFNs a format puts in output `layers` (skipprune.formats.nemotron_nas)."""
+    if not layers:
+        return []
+    hidden = int(src.config["hidden_size"])
+    like = next(t for name, t in src.tensors.items() if name.endswith(".mlp.down_proj.weight"))
+    out_dtype = output_dtype(like.dtype, dtype)
+    width = STAND_IN_WIDTH
+    shapes = {"gate_proj": (width, hidden), "up_proj": (width, hidden), "down_proj": (hidden, width)}
+    return [
+        OutTensor(f"{family.layers_prefix}{i}.mlp.{proj}.weight", None, out_dtype, shape)
+        for i in layers
+        for proj, shape in shapes.items()
+    ]
 
 
 def with_layer_types(config: dict) -> dict:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import formats
 from ..cards.card import write_card
 from ..errors import OutputError, PlanError, translated
 from ..families import check_config, family_of
@@ -33,9 +34,8 @@ from ..families.discover import model_names
 from ..prune.adaptive import check_layers, parse_adaptive
 from ..prune.plan import PrunePlan, parse_spec
 from ..records import ByteCounts, ExportRecord, NumericCheck, PlanFile, SourceRef, Verification, encode
-from ..remote import NAS_FILES, REMOTE_FILES
 from ..system import Clock, Flusher, available_memory, placement_options
-from . import layout, nas, sidecar, verify
+from . import layout, sidecar, verify
 from .source import TOKENIZER_FILES, Source, config_floats, open_source
 from .staging import check_output, check_output_parent, publish, staging
 from .writer import parse_size, write_shards
@@ -82,7 +82,7 @@ def export(
     the weights streamed from disk; `device_map` / `max_memory` (accelerate's, e.g. "auto" and
     {0: "20GiB"}; "stream" for disk) place both models for that check instead. `adaptive_ffn` (settings
     dict, or 'default' / 'key=value,...') turns on input-adaptive FFN skipping in the exported model; the plan
-    may then be empty. `format="nemotron-nas"` writes the serving format (see skipprune.export.nas) that vLLM,
+    may then be empty. `format="nemotron-nas"` writes the serving format (see skipprune.formats) that vLLM,
     SGLang, TensorRT-LLM and llama.cpp load. `command` overrides the reproduce line of the records (built from
     the arguments). `plan_file`: a plan file from `skipprune search`, instead of a plan or SPECs; how the plan
     was chosen goes into the records and the card.
@@ -91,9 +91,7 @@ def export(
     if dtype not in DTYPES:
         raise PlanError(f"unknown dtype {dtype!r}: use {', '.join(DTYPES)}")
     placement = placement_options(device_map, max_memory)
-    if format not in nas.FORMATS:
-        raise PlanError(f"unknown format {format!r}: use {' or '.join(nas.FORMATS)}")
-    serving = format == "nemotron-nas"
+    formats.check_option(format)
     shard_bytes = parse_size(max_shard_size)
     adaptive = parse_adaptive(adaptive_ffn)
     out = Path(output).expanduser().absolute()
@@ -135,9 +133,8 @@ def export(
                 "several in parallel (experts and a shared MLP); leave out --adaptive-ffn"
             )
         check_layers(adaptive, len(plan.layers))
-        if serving:
-            nas.check(src.config, plan, family, adaptive)
-        stock = plan.blocks_only and adaptive is None and not serving
+        fmt = formats.chosen(format, plan, adaptive)
+        fmt.check(src.config, plan, family, adaptive)
         ignored = verify.check_source(src, family)
         source_config = layout.with_layer_types(src.config)
         layout.check_renumbering(source_config, plan, family)
@@ -147,15 +144,15 @@ def export(
         )
         if ignored:
             log.info("leaving out %d tensor(s) the model never reads: %s", len(ignored), ", ".join(ignored[:3]))
-        config = layout.output_config(source_config, plan, family, dtype, adaptive, serving)
-        zero_ffn = nas.zero_ffn_layers(plan) if serving else []
+        config = layout.output_config(source_config, plan, family, dtype, fmt, adaptive)
+        zero_ffn = fmt.stand_ins(plan)
         keep_norm = frozenset(layer.source for layer in plan.layers if layer.output in zero_ffn)
         # Where the stock class renames weights on load, skipprune's modeling file takes them under the loaded names.
-        rename = model_names(src.config) if family.renamed and not stock and not serving else None
+        rename = model_names(src.config) if family.renamed and fmt.model_naming else None
         tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
-        tensors += nas.zero_ffn_tensors(src, plan, family, dtype) if zero_ffn else []
+        tensors += layout.stand_in_tensors(src, plan, family, dtype, zero_ffn)
         command = command or _command(src, out.name, specs, dtype, adaptive, format)
-        code = () if stock else NAS_FILES if serving else REMOTE_FILES
+        code = fmt.code_files
 
         numerics = _numerics_mode(src, verify_numerics, placement)
         # (helpers again: the children are stopped before a failed export's partial folder is removed)
@@ -208,7 +205,7 @@ def export(
             record = ExportRecord(
                 source=SourceRef(src.label, src.revision, src.model_type),
                 plan=plan,
-                architecture="stock" if stock else format if serving else "skipprune",
+                architecture=fmt.name,
                 format=format,
                 zero_ffn_layers=zero_ffn,
                 mixers=[family.at(i).mixer for i in range(src.num_layers)] if family.mixer_noun != "attention" else [],

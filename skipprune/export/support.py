@@ -15,7 +15,7 @@ def support(model_type: str) -> dict[str, str]:
     from transformers import AutoConfig
 
     from ..errors import SkippruneError
-    from .nas import NAS_FAMILIES
+    from ..formats.nemotron_nas import NAS_FAMILIES
 
     try:
         check_config({"model_type": model_type})

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import formats
 from ..errors import MeasureError, PlanError
 from ..export.source import index_tensors
 from ..export.staging import check_output, check_output_parent, publish, staging
@@ -166,8 +167,7 @@ def _heal_joined(
             reference = load_model(teacher_ref, place, device_map, max_memory, keep_dtype=keep)
 
     torch.manual_seed(seed)  # the same adapters on every process
-    # the serving format's all-zero FFNs stay zero: their being zero is what makes every engine agree
-    frozen = tuple(f"model.layers.{i}.mlp." for i in record.zero_ffn_layers)
+    frozen = formats.of_export(record.architecture).frozen(record)
     model, trained, adapters = trainable(model, lora_rank, recipe, frozen) if steps else (model, set(), None)
     model = distributed.wrap(model, strategy, run.blocks, str(run.device)) if steps else model
     if reference is not None and strategy == "fsdp2":

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .. import formats
 from ..errors import MeasureError, PlanError
-from ..export import layout, nas
+from ..export import layout
 from ..families.config import layer_count, text_config
 from ..prune.budget import (
     Costs,
@@ -85,8 +86,7 @@ def search(
     candidate_kinds = parse_kinds(kinds, budgets)
     if objective not in OBJECTIVES:
         raise PlanError(f"unknown objective {objective!r}: use {' or '.join(OBJECTIVES)}")
-    if format not in nas.FORMATS:
-        raise PlanError(f"unknown format {format!r}: use {' or '.join(nas.FORMATS)}")
+    formats.check_option(format)
     if min(samples, seq_len - 1, prompt_tokens, batch, batch_windows) < 1:
         raise PlanError("--samples, --prompt-tokens, --batch must be at least 1 and --seq-len at least 2")
     calibration, text_name = read_text(text)
@@ -103,9 +103,7 @@ def search(
     num_layers = prepared_layers(prepared.config)
     keep_layers = parse_keep(keep, num_layers)
     check_reachable(budgets, num_layers, keep_layers, candidate_kinds)
-    serving = format == "nemotron-nas"
-    if serving:
-        nas.check(prepared.config, PrunePlan(num_layers), family, None)
+    formats.chosen(format, PrunePlan(num_layers)).check(prepared.config, PrunePlan(num_layers), family, None)
     windows = token_windows(prepared.tokenizer, calibration, seq_len, samples, vocab_size=prepared.vocab_size)
     eval_windows = (
         None
@@ -115,7 +113,7 @@ def search(
     if note := calibration_note(text):
         log.info(note)
     loaded = load_model(prepared, pick_device(device), device_map, max_memory)
-    costs = model_costs(loaded, family, prepared.config, prompt_tokens, batch, serving)
+    costs = model_costs(loaded, family, prepared.config, prompt_tokens, batch, format)
     check_within_reach(budgets, costs, candidate_kinds, keep_layers)
     started = time.perf_counter()
     log.info(
@@ -133,8 +131,7 @@ def search(
         config rebuilds as they are (Jamba, ...)."""
         try:
             family.check(plan)
-            if serving:
-                nas.check(prepared.config, plan, family, None)
+            formats.chosen(format, plan).check(prepared.config, plan, family, None)
             renumbered(frozenset(plan.dropped_blocks))
         except PlanError:
             return False
@@ -221,7 +218,7 @@ def peak_memory() -> int | None:
 # -- the cost model --------------------------------------------------------------------------------------------
 
 
-def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: int, serving: bool) -> Costs:
+def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: int, format: str) -> Costs:
     """Parameters of each layer's attention, MLP and block, counted on the loaded model, and the prefill FLOPs of
     skipprune.prune.budget's cost model."""
     text = text_config(config)
@@ -251,7 +248,7 @@ def model_costs(model, family: Family, config: dict, prompt_tokens: int, batch: 
         attn_flops = [2 * bt * p + 2 * batch * prompt_tokens**2 * heads * head_dim for p in block]
     vocab = int(text.get("vocab_size") or 0)
     head = 2 * batch * vocab * hidden
-    stand_in = 3 * nas.ZERO_FFN_WIDTH * hidden if serving else 0
+    stand_in = formats.chosen(format, PrunePlan(len(layers), {0})).removed_mlp_cost(hidden)
     return Costs(
         attention_params=tuple(attention),
         mlp_params=tuple(mlp),

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import formats
 from ..errors import MeasureError, SourceError, translated
 from ..export.source import index_tensors, read_config, resolve_folder
 from ..families.config import text_config
@@ -101,9 +102,7 @@ def _tokenizer(folder: Path, ref: str, config: dict, own: bool, trust_remote_cod
 
     with translated(MeasureError, f"loading the tokenizer of {ref}", "check its tokenizer files"):
         if own:  # an export's tokenizer is its source's: hand over the stock config, run no code
-            # (the serving format is the Llama config plus block_configs, with null widths)
-            serving = config.get("model_type") == "nemotron-nas"
-            stock = AutoConfig.for_model("llama") if serving else AutoConfig.for_model(**config["text_config"])
+            stock = AutoConfig.for_model(**formats.of_config(config).tokenizer_config(config))
             return AutoTokenizer.from_pretrained(folder, config=stock, trust_remote_code=False)
         return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
 
