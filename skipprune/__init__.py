@@ -2,7 +2,8 @@
 LM, and write a smaller checkpoint that loads with transformers and computes exactly what the original
 computes with those parts bypassed.
 
-The stages import one way: errors <- prune <- records <- cards <- export <- measure <- heal <- demo / cli.
+The stages import one way: errors, remote <- prune <- families <- records <- formats <- cards <- export <- measure
+<- heal <- demo / cli.
 Progress is reported through the `skipprune` logger (the CLI prints it to stderr).
 """
 
@@ -10,6 +11,7 @@ from .cards.hub import push
 from .errors import SkippruneError
 from .export.gguf import to_gguf
 from .export.pipeline import ExportResult, export
+from .export.refresh import RefreshResult, refresh
 from .heal import HealResult, heal
 from .measure.evaluate import analyze, evaluate, sweep
 from .measure.planning import SearchResult, search
@@ -23,6 +25,7 @@ __all__ = [
     "HealResult",
     "PlanFile",
     "PrunePlan",
+    "RefreshResult",
     "Results",
     "SearchResult",
     "SkippruneError",
@@ -32,6 +35,7 @@ __all__ = [
     "export",
     "heal",
     "push",
+    "refresh",
     "search",
     "sweep",
     "to_gguf",
