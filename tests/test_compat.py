@@ -228,3 +228,27 @@ def test_refresh_streams_an_export_larger_than_memory(tmp_path, monkeypatch):
     (out / "modeling_skipprune.py").write_text((FIXTURES / "llama-attn0" / "modeling_skipprune.py").read_text())
     entry = module.refresh(out, source=str(src)).refresh
     assert entry.verified_against.startswith("the bypassed source") and entry.max_abs_logit_diff == 0.0
+
+
+def test_the_cache_check_can_fail(monkeypatch):
+    """The check the study and every export run: a cache that gives each layer a slot and leaves the mixers'
+    numbers alone (0.4.0's layout, without transformers' placeholders) restarts positions, and is caught."""
+    from transformers import AutoConfig
+
+    from skipprune.families import check
+    from skipprune.families.config import keep_layers
+    from skipprune.remote import modeling_skipprune
+
+    from tiny import COMMON, anatomy_of
+
+    family, plan = anatomy_of("llama"), PrunePlan(6, {0, 3}, {4})
+    output = keep_layers(AutoConfig.for_model("llama", **COMMON).to_dict(), [layer.source for layer in plan.layers], 6)
+    splits = tuple((family.at(layer.source), layer.attention) for layer in plan.layers)
+    assert check._decodes.__wrapped__("llama", json.dumps(output, sort_keys=True), splits) is None
+
+    def every_layer_a_slot(self, text_config, mixers):
+        self.text_config, self.layers = text_config, list(range(len(mixers)))
+
+    monkeypatch.setattr(modeling_skipprune.KeptMixerCache, "__init__", every_layer_a_slot)
+    refusal = check._decodes.__wrapped__("llama", json.dumps(output, sort_keys=True), splits)
+    assert refusal.what == "attention" and "differs" in refusal.why
