@@ -14,7 +14,6 @@ from pathlib import Path
 from ..errors import PlanError, describe
 from ..families.config import NOT_PER_LAYER, keep_layers, layer_count
 from ..families.discover import blocks_fixed, renumbering_breaks
-from ..formats.nemotron_nas import ZERO_FFN_WIDTH as STAND_IN_WIDTH
 from ..prune.family import Family
 from ..prune.plan import PrunePlan, layers_phrase
 from ..remote import REMOTE_DIR, REMOTE_FILES
@@ -105,14 +104,15 @@ def output_config(source_config: dict, plan: PrunePlan, family: Family, dtype: s
     return fmt.config(text, plan, family, adaptive)
 
 
-def stand_in_tensors(src: Source, plan: PrunePlan, family: Family, dtype: str, layers: list[int]) -> list[OutTensor]:
-    """The all-zero 256-wide FFNs a format puts in output `layers` (skipprune.formats.nemotron_nas)."""
+def stand_in_tensors(src: Source, plan: PrunePlan, family: Family, dtype: str, fmt) -> list[OutTensor]:
+    """The all-zero FFNs the format `fmt` puts where a layer keeps its attention but lost its MLP."""
+    layers = fmt.stand_ins(plan)
     if not layers:
         return []
     hidden = int(src.config["hidden_size"])
     like = next(t for name, t in src.tensors.items() if name.endswith(".mlp.down_proj.weight"))
     out_dtype = output_dtype(like.dtype, dtype)
-    width = STAND_IN_WIDTH
+    width = fmt.stand_in_width
     shapes = {"gate_proj": (width, hidden), "up_proj": (width, hidden), "down_proj": (hidden, width)}
     return [
         OutTensor(f"{family.layers_prefix}{i}.mlp.{proj}.weight", None, out_dtype, shape)

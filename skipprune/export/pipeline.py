@@ -150,7 +150,7 @@ def export(
         # Where the stock class renames weights on load, skipprune's modeling file takes them under the loaded names.
         rename = model_names(src.config) if family.renamed and fmt.model_naming else None
         tensors = layout.map_tensors(src, plan, family, dtype, frozenset(ignored), keep_norm, rename)
-        tensors += layout.stand_in_tensors(src, plan, family, dtype, zero_ffn)
+        tensors += layout.stand_in_tensors(src, plan, family, dtype, fmt)
         command = command or _command(src, out.name, specs, dtype, adaptive, format)
         code = fmt.code_files
 

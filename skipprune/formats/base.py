@@ -23,8 +23,10 @@ class OutputFormat:
         """config.json, from the stock config of the kept blocks (`text`)."""
         raise NotImplementedError
 
+    stand_in_width = 0  # the width of the all-zero FFNs in `stand_ins`
+
     def stand_ins(self, plan) -> list[int]:
-        """Output layers that get an all-zero 256-wide FFN (see nemotron_nas)."""
+        """Output layers that get an all-zero FFN of `stand_in_width` (see nemotron_nas)."""
         return []
 
     def removed_mlp_cost(self, hidden: int) -> int:

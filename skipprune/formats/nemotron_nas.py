@@ -80,6 +80,7 @@ class NemotronNas(OutputFormat):
     code_files = NAS_FILES
     engines = ("vLLM", "SGLang", "TensorRT-LLM", "llama.cpp")
     search_note = ", only what the serving engines run"
+    stand_in_width = ZERO_FFN_WIDTH
     families = NAS_FAMILIES
 
     def check(self, config: dict, plan, family, adaptive: dict | None) -> None:
