@@ -148,12 +148,17 @@ def _view(folder: Path, tmp: Path, code: dict) -> Path:
 def _load(view: Path, what: str, streamed: bool, tmp: Path):
     from transformers import AutoModelForCausalLM
 
-    placement = {}
-    if streamed:
-        offload = tempfile.mkdtemp(dir=tmp, prefix="offload")
-        placement = {"device_map": streaming_map(view, trust_remote_code=True), "offload_folder": offload}
+    placement = _placement(view, streamed, tmp, own_code=True)
     with quiet(), translated(VerificationError, f"loading {what}", "check the export's files, or pass --source"):
         return AutoModelForCausalLM.from_pretrained(view, trust_remote_code=True, dtype="auto", **placement).eval()
+
+
+def _placement(folder: Path, streamed: bool, tmp: Path, own_code: bool) -> dict:
+    """from_pretrained's arguments that leave the weights on disk, each block read when it runs (when `streamed`)."""
+    if not streamed:
+        return {}
+    offload = tempfile.mkdtemp(dir=tmp, prefix="offload")
+    return {"device_map": streaming_map(folder, trust_remote_code=own_code), "offload_folder": offload}
 
 
 def _run(model, ids, mask):
@@ -176,10 +181,7 @@ def _bypassed_source(source: str, record: ExportRecord | None, batch: tuple, dty
         raise SourceError(f"--source needs the export's {RECORD_FILE} (its plan); check against its previous code")
     folder, _ = resolve_folder(source)
     family = family_of(read_config(folder, source))
-    placement = {}
-    if streamed:
-        offload = tempfile.mkdtemp(dir=tmp, prefix="offload")
-        placement = {"device_map": streaming_map(folder), "offload_folder": offload}
+    placement = _placement(folder, streamed, tmp, own_code=False)
     with quiet(), translated(SourceError, f"loading the source {source}", "check SOURCE"):
         ref = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **placement).eval()
     with torch.no_grad(), bypassed(ref, record.plan, family):
